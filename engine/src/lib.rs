@@ -1,0 +1,7 @@
+//! berth's container engine. For now: the `[workloads.*]` sections of the
+//! boot manifest, which the engine owns and `init` composes.
+
+pub mod units;
+pub mod workload;
+
+pub use workload::Workload;
