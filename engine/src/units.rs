@@ -198,7 +198,10 @@ mod tests {
         for bad in ["", "M", "64X", "-1M", "1.2.3M", "0.3b"] {
             assert!(bad.parse::<ByteSize>().is_err(), "{bad} should fail");
         }
-        assert!(matches!("99999999999T".parse::<ByteSize>(), Err(UnitError::SizeOverflow(_))));
+        assert!(matches!(
+            "99999999999T".parse::<ByteSize>(),
+            Err(UnitError::SizeOverflow(_))
+        ));
         assert_eq!(ByteSize(64 << 20).to_string(), "64M");
         assert_eq!(ByteSize(1000).to_string(), "1000");
     }
@@ -214,7 +217,11 @@ mod tests {
             ("250us", Duration::from_micros(250)),
         ];
         for (text, d) in ok {
-            assert_eq!(text.parse::<HumanDuration>(), Ok(HumanDuration(d)), "{text}");
+            assert_eq!(
+                text.parse::<HumanDuration>(),
+                Ok(HumanDuration(d)),
+                "{text}"
+            );
         }
         for bad in ["", "2", "s", "2x", "1m30", "-1s", "2 s"] {
             assert!(bad.parse::<HumanDuration>().is_err(), "{bad} should fail");

@@ -102,8 +102,12 @@ impl FromStr for ImageRef {
     fn from_str(s: &str) -> Result<Self, String> {
         let ok = !s.is_empty()
             && s.len() <= 255
-            && s.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/:@".contains(c) || c.is_ascii_uppercase())
+            && s.chars().all(|c| {
+                c.is_ascii_lowercase()
+                    || c.is_ascii_digit()
+                    || "._-/:@".contains(c)
+                    || c.is_ascii_uppercase()
+            })
             && !s.starts_with(['/', ':', '@', '.', '-']);
         // Repository names are lowercase; tags may hold uppercase.
         let repo = s.split(['@']).next().unwrap_or(s);
@@ -190,14 +194,18 @@ impl FromStr for PortMapping {
         let (host_ip, host_port) = match host.rsplit_once(':') {
             Some((ip, port)) => {
                 let ip = ip.trim_start_matches('[').trim_end_matches(']');
-                let ip: IpAddr = ip.parse().map_err(|_| bad("the host address is not an IP address"))?;
+                let ip: IpAddr = ip
+                    .parse()
+                    .map_err(|_| bad("the host address is not an IP address"))?;
                 (Some(ip), port)
             }
             None => (None, host),
         };
         let port = |p: &str, which: &str| -> Result<u16, String> {
             match p.parse::<u16>() {
-                Ok(0) | Err(_) => Err(bad(&format!("the {which} port must be a number from 1 to 65535"))),
+                Ok(0) | Err(_) => Err(bad(&format!(
+                    "the {which} port must be a number from 1 to 65535"
+                ))),
                 Ok(n) => Ok(n),
             }
         };
@@ -209,7 +217,10 @@ impl FromStr for PortMapping {
         })
     }
 }
-from_str_deserialize!(PortMapping, "a port mapping like \"80:8080\" or \"53:53/udp\"");
+from_str_deserialize!(
+    PortMapping,
+    "a port mapping like \"80:8080\" or \"53:53/udp\""
+);
 
 /// Where a volume's data comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,7 +252,11 @@ impl FromStr for VolumeMount {
             [src, dst, "ro"] => (*src, *dst, true),
             [src, dst, "rw"] => (*src, *dst, false),
             [_, _, _] => return Err(bad("the mode must be ro or rw")),
-            _ => return Err(bad("expected name:/path or /host/path:/path, with an optional :ro")),
+            _ => {
+                return Err(bad(
+                    "expected name:/path or /host/path:/path, with an optional :ro",
+                ))
+            }
         };
         if !target.starts_with('/') {
             return Err(bad("the container path must be absolute"));
@@ -260,7 +275,10 @@ impl FromStr for VolumeMount {
         })
     }
 }
-from_str_deserialize!(VolumeMount, "a volume like \"data:/var/lib/data\" or \"/srv:/srv:ro\"");
+from_str_deserialize!(
+    VolumeMount,
+    "a volume like \"data:/var/lib/data\" or \"/srv:/srv:ro\""
+);
 
 /// Names of workloads and volumes: `[A-Za-z0-9][A-Za-z0-9_.-]*`, as Docker allows.
 pub fn valid_name(s: &str) -> bool {
@@ -337,7 +355,9 @@ impl<'de> Deserialize<'de> for Cpus {
                 if v.is_finite() && v > 0.0 && v <= 1024.0 {
                     Ok(Cpus(v))
                 } else {
-                    Err(E::custom(format!("cpus must be more than 0 and at most 1024, not {v}")))
+                    Err(E::custom(format!(
+                        "cpus must be more than 0 and at most 1024, not {v}"
+                    )))
                 }
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Cpus, E> {
@@ -360,7 +380,10 @@ impl<'de> Deserialize<'de> for Pids {
         let n = i64::deserialize(d)?;
         match u32::try_from(n) {
             Ok(n) if n >= 1 => Ok(Pids(n)),
-            _ => Err(de::Error::custom(format!("pids must be a number from 1 to {}, not {n}", u32::MAX))),
+            _ => Err(de::Error::custom(format!(
+                "pids must be a number from 1 to {}, not {n}",
+                u32::MAX
+            ))),
         }
     }
 }
@@ -381,9 +404,15 @@ impl FromStr for User {
             Some((u, g)) => (u, Some(g)),
             None => (s, None),
         };
-        let ok = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        let ok = |p: &str| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        };
         if !ok(user) || group.is_some_and(|g| !ok(g)) {
-            return Err(format!("invalid user {s:?}: expected uid[:gid] or name[:group]"));
+            return Err(format!(
+                "invalid user {s:?}: expected uid[:gid] or name[:group]"
+            ));
         }
         Ok(User {
             user: user.to_string(),
@@ -434,12 +463,18 @@ impl FromStr for Signal {
             }
         }
         let upper = s.to_ascii_uppercase();
-        let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+        let name = if upper.starts_with("SIG") {
+            upper
+        } else {
+            format!("SIG{upper}")
+        };
         SIGNALS
             .iter()
             .find(|(n, _)| *n == name)
             .map(|&(_, n)| Signal(n))
-            .ok_or_else(|| format!("unknown signal {s:?}: expected a name like SIGTERM or a number"))
+            .ok_or_else(|| {
+                format!("unknown signal {s:?}: expected a name like SIGTERM or a number")
+            })
     }
 }
 from_str_deserialize!(Signal, "a signal like \"SIGTERM\"");
@@ -501,9 +536,14 @@ impl FromStr for TmpfsMount {
         };
         for option in options.into_iter().flat_map(|o| o.split(',')) {
             match option.split_once('=') {
-                Some(("size", v)) => mount.size = Some(v.parse().map_err(|e| bad(&format!("{e}")))?),
+                Some(("size", v)) => {
+                    mount.size = Some(v.parse().map_err(|e| bad(&format!("{e}")))?)
+                }
                 Some(("mode", v)) => {
-                    mount.mode = Some(u32::from_str_radix(v, 8).map_err(|_| bad("mode must be octal, like 1777"))?)
+                    mount.mode = Some(
+                        u32::from_str_radix(v, 8)
+                            .map_err(|_| bad("mode must be octal, like 1777"))?,
+                    )
                 }
                 _ => return Err(bad("options are size=SIZE and mode=OCTAL")),
             }
@@ -572,14 +612,19 @@ pub fn check_workloads(workloads: &BTreeMap<Spanned<String>, Workload>) -> Resul
         if w.network == NetworkMode::None && !w.ports.is_empty() {
             return Err(CrossError {
                 span: name.span(),
-                message: format!("workload {:?} publishes ports but has network = \"none\"", name.get_ref()),
+                message: format!(
+                    "workload {:?} publishes ports but has network = \"none\"",
+                    name.get_ref()
+                ),
             });
         }
         for p in &w.ports {
             let clash = published
                 .iter()
                 .find(|((ip, port, proto), _)| {
-                    *port == p.host_port && *proto == p.protocol && (ip.is_none() || p.host_ip.is_none() || *ip == p.host_ip)
+                    *port == p.host_port
+                        && *proto == p.protocol
+                        && (ip.is_none() || p.host_ip.is_none() || *ip == p.host_ip)
                 })
                 .map(|(_, other)| *other);
             if let Some(other) = clash {
@@ -601,7 +646,9 @@ pub fn check_workloads(workloads: &BTreeMap<Spanned<String>, Workload>) -> Resul
 
 /// A dependency cycle as names (first repeated last) with the span of the
 /// `depends_on` entry that closes it.
-fn find_cycle(workloads: &BTreeMap<Spanned<String>, Workload>) -> Option<(Vec<String>, std::ops::Range<usize>)> {
+fn find_cycle(
+    workloads: &BTreeMap<Spanned<String>, Workload>,
+) -> Option<(Vec<String>, std::ops::Range<usize>)> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         New,
@@ -625,7 +672,8 @@ fn find_cycle(workloads: &BTreeMap<Spanned<String>, Workload>) -> Option<(Vec<St
                 match marks.get(dep).copied() {
                     Some(Mark::Active) => {
                         let from = stack.iter().position(|(n, _)| *n == dep).unwrap_or(0);
-                        let mut cycle: Vec<String> = stack[from..].iter().map(|(n, _)| n.to_string()).collect();
+                        let mut cycle: Vec<String> =
+                            stack[from..].iter().map(|(n, _)| n.to_string()).collect();
                         cycle.push(dep.to_string());
                         return Some((cycle, deps[i].span()));
                     }
@@ -650,10 +698,16 @@ mod tests {
     #[test]
     fn ports() {
         let p: PortMapping = "80:8080".parse().unwrap();
-        assert_eq!((p.host_ip, p.host_port, p.container_port, p.protocol), (None, 80, 8080, Protocol::Tcp));
+        assert_eq!(
+            (p.host_ip, p.host_port, p.container_port, p.protocol),
+            (None, 80, 8080, Protocol::Tcp)
+        );
         let p: PortMapping = "127.0.0.1:53:5353/udp".parse().unwrap();
         assert_eq!(p.host_ip, Some("127.0.0.1".parse().unwrap()));
-        assert_eq!((p.host_port, p.container_port, p.protocol), (53, 5353, Protocol::Udp));
+        assert_eq!(
+            (p.host_port, p.container_port, p.protocol),
+            (53, 5353, Protocol::Udp)
+        );
         for bad in ["80", "0:80", "80:70000", "80:80/sctp", "x:80:80", "a:b"] {
             assert!(bad.parse::<PortMapping>().is_err(), "{bad}");
         }
@@ -674,18 +728,28 @@ mod tests {
 
     #[test]
     fn restart_signals_users_tmpfs() {
-        assert_eq!("on-failure:3".parse(), Ok(RestartPolicy::OnFailure { max_retries: Some(3) }));
+        assert_eq!(
+            "on-failure:3".parse(),
+            Ok(RestartPolicy::OnFailure {
+                max_retries: Some(3)
+            })
+        );
         assert!("sometimes".parse::<RestartPolicy>().is_err());
         assert_eq!("TERM".parse(), Ok(Signal(15)));
         assert_eq!("SIGKILL".parse(), Ok(Signal(9)));
         assert!("SIGFOO".parse::<Signal>().is_err());
-        assert_eq!("1000:1000".parse::<User>().unwrap().group.as_deref(), Some("1000"));
+        assert_eq!(
+            "1000:1000".parse::<User>().unwrap().group.as_deref(),
+            Some("1000")
+        );
         assert!("bad user".parse::<User>().is_err());
         let t: TmpfsMount = "/run:size=64M,mode=1777".parse().unwrap();
         assert_eq!((t.size, t.mode), (Some(ByteSize(64 << 20)), Some(0o1777)));
         assert!("/run:size=lots".parse::<TmpfsMount>().is_err());
         assert!("busybox:latest".parse::<ImageRef>().is_ok());
-        assert!("registry.local:5000/team/app@sha256:abc".parse::<ImageRef>().is_ok());
+        assert!("registry.local:5000/team/app@sha256:abc"
+            .parse::<ImageRef>()
+            .is_ok());
         assert!("Busybox".parse::<ImageRef>().is_err());
         assert!("".parse::<ImageRef>().is_err());
     }
@@ -701,7 +765,8 @@ mod tests {
 
     #[test]
     fn cross_checks() {
-        let ok = "[workloads.a]\nimage = \"x\"\ndepends_on = [\"b\"]\n[workloads.b]\nimage = \"x\"\n";
+        let ok =
+            "[workloads.a]\nimage = \"x\"\ndepends_on = [\"b\"]\n[workloads.b]\nimage = \"x\"\n";
         assert_eq!(parse(ok), Ok(()));
         let missing = "[workloads.a]\nimage = \"x\"\ndepends_on = [\"c\"]\n";
         let err = parse(missing).unwrap_err();
@@ -710,10 +775,16 @@ mod tests {
         let err = parse(cycle).unwrap_err();
         assert_eq!(err.message, "dependency cycle: a -> b -> a");
         let clash = "[workloads.a]\nimage = \"x\"\nports = [\"80:80\"]\n[workloads.b]\nimage = \"x\"\nports = [\"80:81\"]\n";
-        assert!(parse(clash).unwrap_err().message.contains("both publish host port 80/tcp"));
+        assert!(parse(clash)
+            .unwrap_err()
+            .message
+            .contains("both publish host port 80/tcp"));
         let udp = "[workloads.a]\nimage = \"x\"\nports = [\"53:53\"]\n[workloads.b]\nimage = \"x\"\nports = [\"53:53/udp\"]\n";
         assert_eq!(parse(udp), Ok(()));
         let name = "[workloads.\"bad name\"]\nimage = \"x\"\n";
-        assert!(parse(name).unwrap_err().message.contains("invalid workload name"));
+        assert!(parse(name)
+            .unwrap_err()
+            .message
+            .contains("invalid workload name"));
     }
 }

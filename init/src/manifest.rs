@@ -154,8 +154,18 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 fn line_column_bytes(bytes: &[u8], offset: usize) -> (usize, usize) {
     let before = &bytes[..offset.min(bytes.len())];
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let line_start = before.iter().rposition(|&b| b == b'\n').map(|i| i + 1).unwrap_or(0);
-    (line, String::from_utf8_lossy(&before[line_start..]).chars().count() + 1)
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    (
+        line,
+        String::from_utf8_lossy(&before[line_start..])
+            .chars()
+            .count()
+            + 1,
+    )
 }
 
 /// Turns serde's "unknown field `x`, expected one of `a`, `b`" into a
@@ -177,7 +187,10 @@ fn explain(message: &str) -> String {
     match best {
         Some((_, suggestion)) => format!("unknown key `{field}`; did you mean `{suggestion}`?"),
         None if candidates.is_empty() => format!("unknown key `{field}`"),
-        None => format!("unknown key `{field}`; expected one of {}", candidates.join(", ")),
+        None => format!(
+            "unknown key `{field}`; expected one of {}",
+            candidates.join(", ")
+        ),
     }
 }
 
@@ -344,7 +357,12 @@ image = "busybox:latest"
 
     fn error(text: &str) -> (usize, usize, String) {
         match Manifest::parse(text, "m.toml") {
-            Err(ManifestError::Invalid { line, column, message, .. }) => (line, column, message),
+            Err(ManifestError::Invalid {
+                line,
+                column,
+                message,
+                ..
+            }) => (line, column, message),
             other => panic!("expected an error, got {other:?}"),
         }
     }
@@ -368,7 +386,8 @@ image = "busybox:latest"
 
     #[test]
     fn unknown_key_points_at_it_and_suggests() {
-        let (line, col, msg) = error("[system]\nhostname = \"x\"\n\n[workloads.web]\nimagee = \"busybox\"\n");
+        let (line, col, msg) =
+            error("[system]\nhostname = \"x\"\n\n[workloads.web]\nimagee = \"busybox\"\n");
         assert_eq!((line, col), (5, 1));
         assert_eq!(msg, "unknown key `imagee`; did you mean `image`?");
         let (line, col, msg) = error("[sistem]\n");
@@ -393,7 +412,8 @@ image = "busybox:latest"
 
     #[test]
     fn duplicate_names_and_syntax_errors() {
-        let (line, _, msg) = error("[workloads.web]\nimage = \"a\"\n[workloads.web]\nimage = \"b\"\n");
+        let (line, _, msg) =
+            error("[workloads.web]\nimage = \"a\"\n[workloads.web]\nimage = \"b\"\n");
         assert_eq!(line, 3);
         assert!(msg.contains("duplicate"), "{msg}");
         let (line, _, _) = error("[system]\nhostname = \"x\n");
@@ -405,7 +425,10 @@ image = "busybox:latest"
         let text = "[workloads.web]\nimage = \"a\"\ndepends_on = [\"db\"]\n";
         let (line, col, msg) = error(text);
         assert_eq!((line, col), (3, 15));
-        assert!(msg.contains("depends on \"db\", which is not declared"), "{msg}");
+        assert!(
+            msg.contains("depends on \"db\", which is not declared"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -423,7 +446,11 @@ image = "busybox:latest"
         let path = dir.path().join("m.toml");
         std::fs::write(&path, b"[system]\nhostname = \"\xff\"\n").unwrap();
         let err = Manifest::load(&path).unwrap_err();
-        assert!(err.to_string().ends_with(":2:13: the manifest is not valid UTF-8"), "{err}");
+        assert!(
+            err.to_string()
+                .ends_with(":2:13: the manifest is not valid UTF-8"),
+            "{err}"
+        );
         let err = Manifest::load(&dir.path().join("none.toml")).unwrap_err();
         assert!(matches!(err, ManifestError::Read { .. }));
     }

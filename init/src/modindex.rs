@@ -336,10 +336,18 @@ mod tests {
             "kernel/drivers/net/virtio_net.ko",
             vec!["net_failover".into(), "virtio".into()],
         );
-        index.add_module("net_failover", "kernel/drivers/net/net_failover.ko", vec!["failover".into()]);
+        index.add_module(
+            "net_failover",
+            "kernel/drivers/net/net_failover.ko",
+            vec!["failover".into()],
+        );
         index.add_module("failover", "kernel/net/core/failover.ko", vec![]);
         index.add_module("virtio", "kernel/drivers/virtio/virtio.ko", vec![]);
-        index.add_module("virtio-pci", "kernel/drivers/virtio/virtio_pci.ko", vec!["virtio".into()]);
+        index.add_module(
+            "virtio-pci",
+            "kernel/drivers/virtio/virtio_pci.ko",
+            vec!["virtio".into()],
+        );
         index.add_alias("virtio:d00000001v*", "virtio_net");
         index.add_alias("pci:v00001AF4d*sv*sd*bc*sc*i*", "virtio-pci");
         index
@@ -372,7 +380,16 @@ mod tests {
             .iter()
             .map(|m| m.name.as_str())
             .collect();
-        assert_eq!(order, ["failover", "net_failover", "virtio", "virtio_net", "virtio_pci"]);
+        assert_eq!(
+            order,
+            [
+                "failover",
+                "net_failover",
+                "virtio",
+                "virtio_net",
+                "virtio_pci"
+            ]
+        );
     }
 
     #[test]
@@ -380,11 +397,17 @@ mod tests {
         let mut index = sample();
         assert_eq!(
             index.load_order(&["nope"]).unwrap_err(),
-            IndexError::Unknown { name: "nope".into(), needed_by: None }
+            IndexError::Unknown {
+                name: "nope".into(),
+                needed_by: None
+            }
         );
         index.add_module("a", "a.ko", vec!["b".into()]);
         index.add_module("b", "b.ko", vec!["a".into()]);
-        assert!(matches!(index.load_order(&["a"]), Err(IndexError::Cycle(_))));
+        assert!(matches!(
+            index.load_order(&["a"]),
+            Err(IndexError::Cycle(_))
+        ));
         index.add_module("c", "c.ko", vec!["gone".into()]);
         assert_eq!(
             index.load_order(&["c"]).unwrap_err().to_string(),
@@ -399,14 +422,22 @@ mod tests {
             index.modules_for_alias("pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"),
             ["virtio_pci"]
         );
-        assert_eq!(index.modules_for_alias("virtio:d00000001v00001AF4"), ["virtio_net"]);
-        assert!(index.modules_for_alias("virtio:d00000002v00001AF4").is_empty());
+        assert_eq!(
+            index.modules_for_alias("virtio:d00000001v00001AF4"),
+            ["virtio_net"]
+        );
+        assert!(index
+            .modules_for_alias("virtio:d00000002v00001AF4")
+            .is_empty());
     }
 
     #[test]
     fn glob_classes_and_wildcards() {
         assert!(glob_match(b"usb:v0BDAp8153d[0-2]*", b"usb:v0BDAp8153d1000"));
-        assert!(!glob_match(b"usb:v0BDAp8153d[0-2]*", b"usb:v0BDAp8153d3000"));
+        assert!(!glob_match(
+            b"usb:v0BDAp8153d[0-2]*",
+            b"usb:v0BDAp8153d3000"
+        ));
         assert!(glob_match(b"a[!x]c", b"abc"));
         assert!(!glob_match(b"a[!x]c", b"axc"));
         assert!(glob_match(b"a?c*", b"abcdef"));
@@ -418,12 +449,21 @@ mod tests {
 
     #[test]
     fn parse_rejects_bad_lines() {
-        assert!(matches!(ModuleIndex::parse("module x\n"), Err(IndexError::Syntax { .. })));
+        assert!(matches!(
+            ModuleIndex::parse("module x\n"),
+            Err(IndexError::Syntax { .. })
+        ));
         assert!(matches!(
             ModuleIndex::parse("release r\nmodule x ../../etc/x.ko\n"),
             Err(IndexError::Syntax { line: 2, .. })
         ));
-        assert!(matches!(ModuleIndex::parse("release r\nfrob x\n"), Err(IndexError::Syntax { line: 2, .. })));
-        assert!(matches!(ModuleIndex::parse(""), Err(IndexError::Syntax { .. })));
+        assert!(matches!(
+            ModuleIndex::parse("release r\nfrob x\n"),
+            Err(IndexError::Syntax { line: 2, .. })
+        ));
+        assert!(matches!(
+            ModuleIndex::parse(""),
+            Err(IndexError::Syntax { .. })
+        ));
     }
 }

@@ -196,13 +196,16 @@ pub struct IpNet {
 impl FromStr for IpNet {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("invalid address {s:?}: expected address/prefix, like \"192.168.1.10/24\"");
+        let bad =
+            || format!("invalid address {s:?}: expected address/prefix, like \"192.168.1.10/24\"");
         let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
         let addr: IpAddr = addr.parse().map_err(|_| bad())?;
         let prefix: u8 = prefix.parse().map_err(|_| bad())?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         if prefix > max {
-            return Err(format!("invalid address {s:?}: the prefix length is at most {max}"));
+            return Err(format!(
+                "invalid address {s:?}: the prefix length is at most {max}"
+            ));
         }
         Ok(IpNet { addr, prefix })
     }
@@ -221,7 +224,9 @@ pub struct MacAddr(pub [u8; 6]);
 impl FromStr for MacAddr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("invalid MAC address {s:?}: expected six hex bytes like \"52:54:00:12:34:56\"");
+        let bad = || {
+            format!("invalid MAC address {s:?}: expected six hex bytes like \"52:54:00:12:34:56\"")
+        };
         let mut out = [0u8; 6];
         let parts: Vec<&str> = s.split([':', '-']).collect();
         if parts.len() != 6 {
@@ -240,7 +245,11 @@ impl FromStr for MacAddr {
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
     }
 }
 
@@ -316,14 +325,15 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
             Ok(Either::Many(v)) => Ok(OneOrMany(v)),
             Err(_) => {
                 let first_error = match value {
-                    toml::Value::Array(items) => items
-                        .into_iter()
-                        .map(T::deserialize)
-                        .find_map(Result::err),
+                    toml::Value::Array(items) => {
+                        items.into_iter().map(T::deserialize).find_map(Result::err)
+                    }
                     other => T::deserialize(other).err(),
                 };
                 Err(de::Error::custom(
-                    first_error.map(|e| e.message().to_string()).unwrap_or_else(|| "expected a value or a list of values".into()),
+                    first_error
+                        .map(|e| e.message().to_string())
+                        .unwrap_or_else(|| "expected a value or a list of values".into()),
                 ))
             }
         }
@@ -369,14 +379,35 @@ mod tests {
     fn bad_input_is_named() {
         let cases = [
             ("[[interface]]\ndhcp = true\n", "needs a name"),
-            ("[[interface]]\nname = \"eth0\"\nmatch = { mac = \"52:54:00:12:34:56\" }\n", "not both"),
-            ("[[interface]]\nname = \"eth0\"\naddress = \"10.1.2.3\"\n", "expected address/prefix"),
-            ("[[interface]]\nname = \"eth0\"\naddress = \"10.1.2.3/33\"\n", "at most 32"),
-            ("[[interface]]\nname = \"eth0\"\ngateway = \"10.0.0.1\"\n", "no IPv4 address"),
-            ("[[interface]]\nmatch = { mac = \"52:54:00\" }\n", "invalid MAC"),
+            (
+                "[[interface]]\nname = \"eth0\"\nmatch = { mac = \"52:54:00:12:34:56\" }\n",
+                "not both",
+            ),
+            (
+                "[[interface]]\nname = \"eth0\"\naddress = \"10.1.2.3\"\n",
+                "expected address/prefix",
+            ),
+            (
+                "[[interface]]\nname = \"eth0\"\naddress = \"10.1.2.3/33\"\n",
+                "at most 32",
+            ),
+            (
+                "[[interface]]\nname = \"eth0\"\ngateway = \"10.0.0.1\"\n",
+                "no IPv4 address",
+            ),
+            (
+                "[[interface]]\nmatch = { mac = \"52:54:00\" }\n",
+                "invalid MAC",
+            ),
             ("[[interface]]\nname = \"eth0\"\nmtu = 10\n", "outside 68"),
-            ("[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth0\"\n", "configured twice"),
-            ("[[interface]]\nname = \"eth0\"\nfoo = 1\n", "unknown field `foo`"),
+            (
+                "[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth0\"\n",
+                "configured twice",
+            ),
+            (
+                "[[interface]]\nname = \"eth0\"\nfoo = 1\n",
+                "unknown field `foo`",
+            ),
             ("search = [\"-bad\"]\n", "invalid domain"),
         ];
         for (text, want) in cases {
