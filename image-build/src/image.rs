@@ -1,0 +1,165 @@
+//! `berth-build build`: the boot artifacts in one directory — `vmlinuz`,
+//! `initrd.img` and `cmdline` (the default kernel command line).
+
+use std::path::{Path, PathBuf};
+
+use init::manifest::{Manifest, ManifestError};
+
+use crate::initrd::{self, Include, InitrdError, Tree};
+use crate::kernel::{self, KernelError};
+use crate::modset::{self, ModsetError, ModuleTree};
+
+/// The kernel command line written to `cmdline`; `run --cmdline` appends.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 panic=-1 quiet loglevel=4";
+
+/// The artifacts could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The manifest does not validate (its Display is `file:line:col: message`).
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// No usable kernel.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    /// The module set could not be worked out.
+    #[error(transparent)]
+    Modules(#[from] ModsetError),
+    /// The initramfs could not be assembled.
+    #[error(transparent)]
+    Initrd(#[from] InitrdError),
+    /// An output file could not be written.
+    #[error("cannot write {0}")]
+    Write(PathBuf, #[source] std::io::Error),
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The boot manifest.
+    pub manifest: PathBuf,
+    /// The output directory.
+    pub out: PathBuf,
+    /// Where the kernel comes from.
+    pub kernel: kernel::Source,
+    /// Where berth-init and the other binaries are.
+    pub bin_dir: PathBuf,
+    /// Extra files.
+    pub includes: Vec<Include>,
+    /// The mtime of every archive entry.
+    pub mtime: u32,
+}
+
+/// What was built.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The kernel release.
+    pub release: String,
+    /// How many modules the image holds.
+    pub modules: usize,
+    /// Profile modules the kernel lacks.
+    pub skipped: Vec<String>,
+    /// Binaries taken from the bin dir, by image path.
+    pub binaries: Vec<String>,
+    /// Size of `initrd.img` in bytes.
+    pub initrd_bytes: u64,
+}
+
+/// Builds `vmlinuz`, `initrd.img` and `cmdline` in `req.out`.
+pub fn build(req: &Request) -> Result<Report, ImageError> {
+    let manifest = Manifest::load(&req.manifest)?;
+    // Validated above; embed the very bytes that validated.
+    let manifest_text =
+        std::fs::read(&req.manifest).map_err(|e| InitrdError::Read(req.manifest.clone(), e))?;
+
+    let mut tree = Tree::new();
+    initrd::add_skeleton(&mut tree)?;
+    let mut binaries = Vec::new();
+    for (name, dest, required) in initrd::BINARIES {
+        let path = req.bin_dir.join(name);
+        if !path.exists() {
+            if *required {
+                return Err(InitrdError::MissingInit(path).into());
+            }
+            continue;
+        }
+        initrd::add_binary(&mut tree, &path, dest, name)?;
+        binaries.push(format!("/{dest}"));
+    }
+    tree.add_file(initrd::MANIFEST_PATH, manifest_text, 0o644, "the manifest")?;
+    // Check --include before the (slower) kernel work.
+    let mut extras = Vec::new();
+    for inc in &req.includes {
+        let dest = initrd::include_dest(&inc.dest)?;
+        if std::fs::symlink_metadata(&inc.src).is_err() {
+            return Err(InitrdError::IncludeMissing(inc.src.clone()).into());
+        }
+        extras.push((inc, dest));
+    }
+
+    let kernel = kernel::resolve(&req.kernel)?;
+    let modules = ModuleTree::open(&kernel.modules, &kernel.release)?;
+    let required: Vec<String> = manifest
+        .system
+        .modules
+        .iter()
+        .map(|m| m.to_string())
+        .collect();
+    let selection = modset::select(
+        &modules,
+        &kernel.modules,
+        &required,
+        modset::COLDPLUG_PROFILE,
+    )?;
+    for (name, m) in &selection.modules {
+        let src = kernel.modules.join(&m.path);
+        let data = std::fs::read(&src).map_err(|e| InitrdError::Read(src.clone(), e))?;
+        tree.add_file(
+            &format!("lib/modules/{}", m.path),
+            data,
+            0o644,
+            &format!("module {name}"),
+        )?;
+    }
+    let index_path = init::modindex::INDEX_PATH.trim_start_matches('/');
+    tree.add_file(
+        index_path,
+        selection.index().render().into_bytes(),
+        0o644,
+        "the module index",
+    )?;
+    for (inc, dest) in extras {
+        let origin = format!("--include {}:{}", inc.src.display(), inc.dest);
+        tree.add_host(&inc.src, &dest, &origin)?;
+    }
+
+    std::fs::create_dir_all(&req.out).map_err(|e| ImageError::Write(req.out.clone(), e))?;
+    let initrd_path = req.out.join("initrd.img");
+    tree.write_gz(&initrd_path, req.mtime)?;
+    copy_atomic(&kernel.image, &req.out.join("vmlinuz"))?;
+    write_atomic(
+        &req.out.join("cmdline"),
+        format!("{DEFAULT_CMDLINE}\n").as_bytes(),
+    )?;
+    let initrd_bytes = std::fs::metadata(&initrd_path)
+        .map_err(|e| ImageError::Write(initrd_path.clone(), e))?
+        .len();
+    Ok(Report {
+        release: kernel.release,
+        modules: selection.modules.len(),
+        skipped: selection.skipped,
+        binaries,
+        initrd_bytes,
+    })
+}
+
+fn copy_atomic(src: &Path, dest: &Path) -> Result<(), ImageError> {
+    let data = std::fs::read(src).map_err(|e| InitrdError::Read(src.to_path_buf(), e))?;
+    write_atomic(dest, &data)
+}
+
+fn write_atomic(dest: &Path, data: &[u8]) -> Result<(), ImageError> {
+    let tmp = dest.with_extension("tmp");
+    std::fs::write(&tmp, data)
+        .and_then(|()| std::fs::rename(&tmp, dest))
+        .map_err(|e| ImageError::Write(dest.to_path_buf(), e))
+}

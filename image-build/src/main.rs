@@ -1,0 +1,247 @@
+//! `berth-build`: turns a boot manifest and a kernel into boot artifacts
+//! (`vmlinuz`, `initrd.img`, `cmdline`) and boots them under QEMU.
+
+mod accel;
+mod cache;
+mod cpio;
+mod elf;
+mod image;
+mod initrd;
+mod kernel;
+mod modinfo;
+mod modset;
+mod qemu;
+mod qmp;
+#[cfg(test)]
+mod testkernel;
+mod tools;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+/// Builds and boots berth appliance images.
+#[derive(Parser)]
+#[command(name = "berth-build", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Checks a boot manifest; prints `file:line:col: message` and exits 1 if it is invalid.
+    Validate {
+        /// The manifest (TOML).
+        manifest: PathBuf,
+    },
+    /// Writes DIR/vmlinuz, DIR/initrd.img and DIR/cmdline.
+    Build {
+        /// The manifest (TOML), validated and baked in at /etc/berth/manifest.toml.
+        manifest: PathBuf,
+        /// Output directory.
+        #[arg(short, long, value_name = "DIR")]
+        out: PathBuf,
+        /// A bzImage kernel (needs --modules). Default: Debian's linux-image-amd64.
+        #[arg(
+            long,
+            value_name = "BZIMAGE",
+            requires = "modules",
+            conflicts_with = "kernel_deb"
+        )]
+        kernel: Option<PathBuf>,
+        /// The kernel's lib/modules/<release> directory.
+        #[arg(long, value_name = "DIR", requires = "kernel")]
+        modules: Option<PathBuf>,
+        /// A linux-image-*.deb to take the kernel and modules from.
+        #[arg(long, value_name = "FILE")]
+        kernel_deb: Option<PathBuf>,
+        /// Where berth-init (required), berth-netd, berthd and berth are.
+        /// Default: the directory of this executable.
+        #[arg(long, value_name = "DIR")]
+        bin_dir: Option<PathBuf>,
+        /// Adds a host file or directory to the image.
+        #[arg(long, value_name = "SRC:DEST")]
+        include: Vec<String>,
+    },
+    /// Boots DIR (made by `build`) in QEMU with the serial console on stdio.
+    Run {
+        /// The directory `build` wrote.
+        dir: PathBuf,
+        /// Accelerator; `auto` probes KVM once per host boot and falls back to TCG.
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: accel::Choice,
+        /// Guest memory in MiB.
+        #[arg(long, value_name = "MB", default_value_t = 512)]
+        memory: u32,
+        /// Guest CPUs.
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
+        /// A raw disk image, attached as virtio-blk (repeatable).
+        #[arg(long, value_name = "FILE")]
+        disk: Vec<PathBuf>,
+        /// Forwards 127.0.0.1:HOSTPORT to the guest (repeatable; add /udp for UDP).
+        #[arg(long, value_name = "HOSTPORT:GUESTPORT")]
+        forward: Vec<String>,
+        /// Appended to the kernel command line.
+        #[arg(long, value_name = "EXTRA")]
+        cmdline: Option<String>,
+        /// Also serve QMP on this unix socket.
+        #[arg(long, value_name = "PATH")]
+        qmp: Option<PathBuf>,
+        /// End QEMU when the guest reboots (or panics) instead of restarting it.
+        #[arg(long)]
+        no_reboot: bool,
+        /// Power the guest off cleanly once its console shows `berth: ready` (CI, scripted demos).
+        #[arg(long)]
+        power_off_when_ready: bool,
+    },
+    /// Prints the accelerator `run --accel auto` uses: kvm or tcg.
+    Accel {
+        /// Kernel to probe with. Default: Debian's, from the cache.
+        #[arg(long, value_name = "BZIMAGE")]
+        kernel: Option<PathBuf>,
+    },
+    /// Fetches Debian's linux-image-amd64 into the cache (if not there) and prints its directory.
+    Kernel,
+}
+
+fn main() -> ExitCode {
+    match dispatch(Cli::parse().command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("berth-build: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Validate { manifest } => match init::manifest::Manifest::load(&manifest) {
+            Ok(m) => {
+                println!(
+                    "{}: valid ({} workloads)",
+                    manifest.display(),
+                    m.workloads.len()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Build {
+            manifest,
+            out,
+            kernel,
+            modules,
+            kernel_deb,
+            bin_dir,
+            include,
+        } => {
+            let kernel = match (kernel, modules, kernel_deb) {
+                (Some(image), Some(modules), None) => kernel::Source::Files { image, modules },
+                (None, None, Some(deb)) => kernel::Source::Deb(deb),
+                (None, None, None) => kernel::Source::Debian,
+                _ => bail!("give either --kernel with --modules, or --kernel-deb"),
+            };
+            let bin_dir = match bin_dir {
+                Some(dir) => dir,
+                None => std::env::current_exe()
+                    .context("cannot find the berth-build executable (give --bin-dir)")?
+                    .parent()
+                    .map(PathBuf::from)
+                    .unwrap_or_default(),
+            };
+            let request = image::Request {
+                manifest,
+                out,
+                kernel,
+                bin_dir,
+                includes: include
+                    .iter()
+                    .map(|s| s.parse())
+                    .collect::<Result<_, _>>()?,
+                mtime: source_date_epoch()?,
+            };
+            let report = image::build(&request)?;
+            for name in &report.skipped {
+                eprintln!(
+                    "berth-build: warning: kernel {} has no module {name}; skipped",
+                    report.release
+                );
+            }
+            eprintln!(
+                "berth-build: wrote {}: kernel {}, {} modules, {} ({}), initrd.img {} KiB",
+                request.out.display(),
+                report.release,
+                report.modules,
+                report.binaries.join(" "),
+                request.bin_dir.display(),
+                report.initrd_bytes.div_ceil(1024)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            dir,
+            accel,
+            memory,
+            cpus,
+            disk,
+            forward,
+            cmdline,
+            qmp,
+            no_reboot,
+            power_off_when_ready,
+        } => {
+            let options = qemu::Options {
+                dir,
+                accel,
+                memory_mb: memory,
+                cpus,
+                disks: disk,
+                forwards: forward
+                    .iter()
+                    .map(|f| f.parse())
+                    .collect::<Result<_, _>>()?,
+                cmdline,
+                qmp,
+                no_reboot,
+                power_off_when_ready,
+            };
+            let status = qemu::run(&options)?;
+            Ok(ExitCode::from(
+                u8::try_from(qemu::exit_code(status)).unwrap_or(1),
+            ))
+        }
+        Command::Accel { kernel } => {
+            let kernel = match kernel {
+                Some(k) => k,
+                None => kernel::resolve(&kernel::Source::Debian)?.image,
+            };
+            println!("{}", accel::choose(accel::Choice::Auto, &kernel)?.name());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Kernel => {
+            let cache = cache::dir()?;
+            let root = kernel::unpack(&kernel::fetch_debian(&cache)?, &cache)?;
+            kernel::from_root(&root)?;
+            println!("{}", root.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Archive mtimes: `$SOURCE_DATE_EPOCH` (reproducible-builds.org), else 0.
+fn source_date_epoch() -> anyhow::Result<u32> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().with_context(|| {
+            format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds that fits in 32 bits")
+        }),
+        _ => Ok(0),
+    }
+}

@@ -1,0 +1,383 @@
+//! berth-build as a user runs it: exit codes, error lines, and the initramfs
+//! it writes from the real Debian kernel.
+
+#[path = "../src/testkernel.rs"]
+mod testkernel;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use init::modindex::ModuleIndex;
+
+const BERTH_BUILD: &str = env!("CARGO_BIN_EXE_berth-build");
+
+const MANIFEST: &str = r#"[system]
+hostname = "t"
+modules = ["overlay"]
+"#;
+
+fn berth_build(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(BERTH_BUILD)
+        .args(args)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A bin dir whose berth-init is busybox (a static ELF, which is all the
+/// builder checks).
+fn bin_dir(root: &Path) -> PathBuf {
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy("/bin/busybox", bin.join("berth-init"))
+        .expect("busybox-static must be installed");
+    bin
+}
+
+fn write(path: &Path, text: &str) -> PathBuf {
+    std::fs::write(path, text).unwrap();
+    path.to_path_buf()
+}
+
+/// `build` against the real kernel tree, with extra arguments.
+fn build(manifest: &Path, out: &Path, bin: &Path, extra: &[&str]) -> Output {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "build".into(),
+        manifest.into(),
+        "-o".into(),
+        out.into(),
+        "--kernel".into(),
+        testkernel::vmlinuz().into(),
+        "--modules".into(),
+        testkernel::modules_dir().into(),
+        "--bin-dir".into(),
+        bin.into(),
+    ];
+    args.extend(extra.iter().map(Into::into));
+    let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    berth_build(&refs)
+}
+
+/// Decompresses an initrd.img and lists it with GNU cpio.
+fn list(initrd: &Path) -> (Vec<u8>, Vec<String>) {
+    let mut cpio = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(initrd).unwrap())
+        .read_to_end(&mut cpio)
+        .unwrap();
+    let mut child = Command::new("cpio")
+        .args(["-t", "--quiet"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("cpio (Debian package cpio) must be installed");
+    child.stdin.take().unwrap().write_all(&cpio).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let names = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    (cpio, names)
+}
+
+/// Extracts one member's contents from a newc archive with GNU cpio.
+fn extract(cpio: &[u8], member: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new("cpio")
+        .args(["-i", "-d", "--quiet", member])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(cpio).unwrap();
+    assert!(child.wait().unwrap().success());
+    std::fs::read(dir.path().join(member)).unwrap()
+}
+
+#[test]
+fn validate_accepts_a_good_manifest_and_points_at_a_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(&dir.path().join("good.toml"), MANIFEST);
+    let out = berth_build(&[]);
+    assert!(!out.status.success(), "no subcommand must fail");
+
+    let out = berth_build(&["validate".as_ref(), good.as_os_str()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let bad = write(
+        &dir.path().join("bad.toml"),
+        "[system]\nhostname = \"t\"\nfrobnicate = 1\n",
+    );
+    let out = berth_build(&["validate".as_ref(), bad.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    let first = err.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with(&format!("{}:3:1: ", bad.display())) && first.contains("frobnicate"),
+        "{err}"
+    );
+
+    let missing = dir.path().join("nope.toml");
+    let out = berth_build(&["validate".as_ref(), missing.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("nope.toml"), "{}", stderr(&out));
+}
+
+#[test]
+fn build_names_a_missing_berth_init_and_bad_includes() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write(&dir.path().join("m.toml"), MANIFEST);
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = build(&manifest, &dir.path().join("out"), &empty, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("{}/berth-init does not exist", empty.display())),
+        "{}",
+        stderr(&out)
+    );
+
+    let bin = bin_dir(dir.path());
+    let out = build(
+        &manifest,
+        &dir.path().join("out"),
+        &bin,
+        &["--include", "no-colon"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--include \"no-colon\" is not SRC:DEST"),
+        "{}",
+        stderr(&out)
+    );
+
+    let gone = dir.path().join("gone");
+    let arg = format!("{}:/srv/x", gone.display());
+    let out = build(
+        &manifest,
+        &dir.path().join("out"),
+        &bin,
+        &["--include", &arg],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!(
+            "--include source {} does not exist",
+            gone.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+
+    let arg = format!("{}:/init", manifest.display());
+    let out = build(
+        &manifest,
+        &dir.path().join("out"),
+        &bin,
+        &["--include", &arg],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("collides with /init from berth-init"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A dynamically linked berth-init would not start without a libc.
+    std::fs::copy(
+        std::fs::canonicalize("/bin/sh").unwrap(),
+        bin.join("berth-init"),
+    )
+    .unwrap();
+    let out = build(&manifest, &dir.path().join("out"), &bin, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is dynamically linked"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn build_names_a_missing_kernel_and_a_missing_tool() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = bin_dir(dir.path());
+    let manifest = write(&dir.path().join("m.toml"), MANIFEST);
+    let gone = dir.path().join("vmlinuz-gone");
+    let out = berth_build(&[
+        "build".as_ref(),
+        manifest.as_os_str(),
+        "-o".as_ref(),
+        dir.path().join("out").as_os_str(),
+        "--kernel".as_ref(),
+        gone.as_os_str(),
+        "--modules".as_ref(),
+        testkernel::modules_dir().as_os_str(),
+        "--bin-dir".as_ref(),
+        bin.as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("kernel image {} does not exist", gone.display())),
+        "{}",
+        stderr(&out)
+    );
+
+    // Unpacking a .deb needs dpkg-deb; without it on PATH the error says
+    // which Debian package to install.
+    let deb = write(&dir.path().join("linux-image-x_1_amd64.deb"), "not really");
+    let out = Command::new(BERTH_BUILD)
+        .arg("build")
+        .arg(&manifest)
+        .arg("-o")
+        .arg(dir.path().join("out"))
+        .arg("--kernel-deb")
+        .arg(&deb)
+        .arg("--bin-dir")
+        .arg(&bin)
+        .env("PATH", dir.path().join("empty-path"))
+        .env("BERTH_CACHE", dir.path().join("cache"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("dpkg-deb is not installed (apt-get install dpkg)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn build_reports_bad_manifests_and_unknown_modules() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = bin_dir(dir.path());
+    let bad = write(
+        &dir.path().join("bad.toml"),
+        "[system]\nmodules = [\"overlay\", 3]\n",
+    );
+    let out = build(&bad, &dir.path().join("out"), &bin, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("{}:2:", bad.display())),
+        "{}",
+        stderr(&out)
+    );
+
+    let unknown = write(
+        &dir.path().join("unknown.toml"),
+        "[system]\nmodules = [\"overlay\", \"no_such_mod\", \"zfs\"]\n",
+    );
+    let out = build(&unknown, &dir.path().join("out"), &bin, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("has no module named no_such_mod, zfs"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.path().join("out/initrd.img").exists());
+}
+
+#[test]
+fn build_is_deterministic_and_holds_what_init_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = bin_dir(dir.path());
+    let manifest = write(&dir.path().join("m.toml"), MANIFEST);
+    let site = dir.path().join("site");
+    std::fs::create_dir(&site).unwrap();
+    std::fs::write(site.join("index.html"), "hi\n").unwrap();
+    let include = format!("{}:/srv/www", site.display());
+
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    for out in [&a, &b] {
+        let res = build(&manifest, out, &bin, &["--include", &include]);
+        assert!(res.status.success(), "{}", stderr(&res));
+    }
+    let image = std::fs::read(a.join("initrd.img")).unwrap();
+    assert_eq!(
+        image,
+        std::fs::read(b.join("initrd.img")).unwrap(),
+        "two builds differ"
+    );
+    assert_eq!(
+        std::fs::read(a.join("vmlinuz")).unwrap(),
+        std::fs::read(testkernel::vmlinuz()).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_to_string(a.join("cmdline")).unwrap(),
+        "console=ttyS0 panic=-1 quiet loglevel=4\n"
+    );
+
+    let (cpio, names) = list(&a.join("initrd.img"));
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "entries are not sorted (directories first)");
+    for want in [
+        "init",
+        "dev/console",
+        "etc/berth/manifest.toml",
+        "lib/modules/berth.index",
+        "lib/modules/kernel/drivers/net/virtio_net.ko",
+        "lib/modules/kernel/fs/overlayfs/overlay.ko",
+        "srv/www/index.html",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+    assert_eq!(
+        extract(&cpio, "etc/berth/manifest.toml"),
+        MANIFEST.as_bytes()
+    );
+    assert_eq!(extract(&cpio, "srv/www/index.html"), b"hi\n");
+
+    // The index init reads: every module it names is in the archive, and the
+    // dependency order of virtio_net is loadable.
+    let index = String::from_utf8(extract(&cpio, "lib/modules/berth.index")).unwrap();
+    let index = ModuleIndex::parse(&index).unwrap();
+    let release = testkernel::modules_dir()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(index.kernel_release(), release);
+    let mut ko = 0;
+    for m in index.modules() {
+        assert!(
+            names.contains(&format!("lib/modules/{}", m.path)),
+            "{} not in the archive",
+            m.path
+        );
+        ko += 1;
+    }
+    assert_eq!(
+        ko,
+        names.iter().filter(|n| n.ends_with(".ko")).count(),
+        "stray modules"
+    );
+    let order: Vec<&str> = index
+        .load_order(&["virtio_net"])
+        .unwrap()
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert_eq!(order.last(), Some(&"virtio_net"));
+    assert!(
+        order.contains(&"net_failover") && order.contains(&"virtio"),
+        "{order:?}"
+    );
+    assert_eq!(
+        index.modules_for_alias("virtio:d00000001v00001AF4"),
+        ["virtio_net"]
+    );
+    assert!(index
+        .modules_for_alias("pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00")
+        .contains(&"virtio_pci"));
+}
