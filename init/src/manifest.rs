@@ -13,7 +13,7 @@ use engine::workload::Spanned;
 use serde::{de, Deserialize, Deserializer};
 
 /// A parsed, validated boot manifest.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Manifest {
     /// `[system]`.
     pub system: System,
@@ -128,16 +128,6 @@ impl Manifest {
             .as_ref()
             .map(|h| h.0.as_str())
             .unwrap_or("berth")
-    }
-}
-
-impl Default for Manifest {
-    fn default() -> Self {
-        Manifest {
-            system: System::default(),
-            network: None,
-            workloads: BTreeMap::new(),
-        }
     }
 }
 

@@ -1,0 +1,19 @@
+//! berth's PID 1: the boot manifest, the kernel module index and the pieces of
+//! the boot sequence that can be tested without being PID 1.
+
+pub mod manifest;
+pub mod modindex;
+
+pub mod cmdline;
+pub mod discover;
+pub mod event_loop;
+pub mod hostmode;
+pub mod logger;
+pub mod modules;
+pub mod mounts;
+pub mod powerbutton;
+pub mod readiness;
+pub mod reaper;
+pub mod shutdown;
+pub mod supervisor;
+pub mod sysctl;

@@ -1,0 +1,436 @@
+//! berth-init: PID 1 of the berth appliance.
+//!
+//! As PID 1 it runs the boot sequence of DESIGN.md: filesystems, kernel
+//! modules, the manifest, the daemons, then waits for a shutdown request.
+//! Anywhere else it is a child subreaper that supervises the daemons named on
+//! its command line (see `init::hostmode`), which is how it is tested.
+//!
+//! It never panics on purpose and never exits as PID 1: a failing step is
+//! logged and the machine stays up, reaping, so it can be powered off.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use log::LevelFilter;
+use nix::sys::signalfd::SignalFd;
+use nix::unistd::{getpid, Pid};
+
+use init::cmdline::{Cmdline, CMDLINE_PATH, LOG_KEY};
+use init::discover::{self, LabelledDisk, Roots, DATA_LABEL};
+use init::event_loop::{open_signalfd, EventLoop, Watch};
+use init::hostmode::{CliError, HostOptions, USAGE};
+use init::logger::{self, uptime, MILESTONE};
+use init::manifest::Manifest;
+use init::modindex::{ModuleIndex, INDEX_PATH, MODULES_DIR};
+use init::modules::{self, KernelKmod, Loader, SYS_ROOT};
+use init::mounts;
+use init::powerbutton::PowerButtons;
+use init::shutdown::{self, Mode, ShutdownKind};
+use init::supervisor::{Backoff, DaemonSpec, Supervisor};
+
+/// The network daemon, started first.
+const NETD: &str = "/sbin/berth-netd";
+/// The engine, started once the network is ready (or timed out).
+const BERTHD: &str = "/sbin/berthd";
+/// The manifest as init understood it, for the daemons.
+const EFFECTIVE_MANIFEST: &str = "/run/berth/manifest.toml";
+/// How long coldplug waits for devices that drivers probe asynchronously.
+const COLDPLUG_SETTLE: Duration = Duration::from_millis(100);
+
+fn main() {
+    // The kernel runs /sbin/modprobe (a link to us) for modules it wants on
+    // its own: crypto-crc32c for ext4, fs-overlay, netfilter pieces.
+    if is_modprobe() {
+        modprobe_main()
+    }
+    // Signals first, before any child exists: blocked and read from a signalfd.
+    let signals = open_signalfd();
+    logger::init(LevelFilter::Info);
+    std::panic::set_hook(Box::new(|info| log::error!("internal error: {info}")));
+    // `--supervise-only` also makes a PID 1 in a container a plain supervisor.
+    let supervise_only = std::env::args().skip(1).any(|a| a == "--supervise-only");
+    let mode = if getpid().as_raw() == 1 && !supervise_only {
+        Mode::Pid1
+    } else {
+        Mode::Host
+    };
+    let signals = match signals {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot set up signal handling: {e}; only reaping from now on");
+            reap_forever(mode)
+        }
+    };
+    let (kind, daemons, grace) = match mode {
+        Mode::Pid1 => guarded(&signals, boot),
+        Mode::Host => guarded(&signals, host),
+    };
+    shutdown::stop_processes(mode, &daemons, grace, &signals, &mut |pid, status| {
+        log::debug!("pid {pid} stopped ({status:?})");
+    });
+    shutdown::finish(kind, mode)
+}
+
+/// What a run ends with: the shutdown asked for, the daemons to stop first
+/// (newest first) and the grace period.
+type Outcome = (ShutdownKind, Vec<Pid>, Duration);
+
+/// Runs `f`; if it panics, stays up with nothing but reaping and signals so
+/// the machine can still be shut down cleanly.
+fn guarded(signals: &SignalFd, f: fn(&SignalFd) -> Outcome) -> Outcome {
+    if let Ok(outcome) = catch_unwind(AssertUnwindSafe(|| f(signals))) {
+        return outcome;
+    }
+    log::error!(target: MILESTONE, "init failed; staying up so the machine can be powered off");
+    loop {
+        let idle = catch_unwind(AssertUnwindSafe(|| {
+            let mut none = Supervisor::new(Vec::new(), Backoff::default());
+            // The boot never completed: do not announce it now.
+            let _ = none.take_boot_complete();
+            let mut buttons = PowerButtons::default();
+            buttons.rescan();
+            // A named result: the loop's temporaries must drop before `none`.
+            #[allow(clippy::let_and_return)]
+            let kind = EventLoop {
+                signals,
+                supervisor: &mut none,
+                buttons: &mut buttons,
+                watch: None,
+            }
+            .run();
+            kind
+        }));
+        if let Ok(kind) = idle {
+            return (kind, Vec::new(), shutdown::DEFAULT_GRACE);
+        }
+    }
+}
+
+/// The boot sequence (DESIGN.md, "Boot, end to end"), then the main loop.
+fn boot(signals: &SignalFd) -> Outcome {
+    // 2. Filesystems, the console and the kernel log.
+    mount_early();
+    let cmdline = read_cmdline();
+    install_modprobe_helper();
+    if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
+        log::warn!("cannot route Ctrl-Alt-Del to init: {e}");
+    }
+
+    // 2. Kernel modules: coldplug now; the manifest's own list once it is known.
+    let index = modules::read_index(Path::new(INDEX_PATH));
+    check_release(index.as_ref());
+    let empty = ModuleIndex::new("");
+    let mut loader = Loader::new(
+        index.as_ref().unwrap_or(&empty),
+        Path::new(MODULES_DIR),
+        KernelKmod,
+    );
+    coldplug(&mut loader);
+    let mut buttons = PowerButtons::default();
+    buttons.rescan();
+
+    // 3. The manifest.
+    let disks = discover::labelled_disks(&Roots::default());
+    let (manifest, text) = find_manifest(&cmdline, &disks);
+    apply_system(&manifest, &mut loader);
+
+    // 4. State: the data disk, or a tmpfs.
+    mount_data(&disks, &mut loader);
+    write_effective_manifest(&text);
+
+    // 5. The daemons.
+    let specs = daemon_specs(&manifest);
+    let mut supervisor = Supervisor::new(specs, Backoff::default());
+    supervisor.start(Instant::now());
+
+    // 7./8. Ready once the daemons report; then wait for a shutdown request,
+    // watching for late devices (a power button appears after coldplug).
+    let kind = EventLoop {
+        signals,
+        supervisor: &mut supervisor,
+        buttons: &mut buttons,
+        watch: Some(Watch {
+            run: Box::new(|buttons: &mut PowerButtons| {
+                let late =
+                    loader.coldplug_pass(&|| modules::scan_sys_modaliases(Path::new(SYS_ROOT)));
+                if !late.is_empty() {
+                    log::info!("late coldplug loaded {}", late.join(" "));
+                }
+                buttons.rescan();
+            }),
+            every: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+        }),
+    }
+    .run();
+    (kind, supervisor.stop(), shutdown::DEFAULT_GRACE)
+}
+
+/// Host mode: supervise the daemons from the command line as a subreaper.
+fn host(signals: &SignalFd) -> Outcome {
+    let opts = match HostOptions::parse(std::env::args().skip(1), |k| std::env::var(k).ok()) {
+        Ok(o) => o,
+        Err(CliError::Help) => {
+            let _ = writeln!(std::io::stdout(), "{USAGE}");
+            std::process::exit(0)
+        }
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "berth-init: {e}\n{USAGE}");
+            std::process::exit(2)
+        }
+    };
+    log::set_max_level(opts.log);
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        log::warn!("cannot become a child subreaper: {e}; orphans will not be reaped");
+    }
+    let backoff = Backoff::new(
+        opts.backoff,
+        Duration::from_secs(30),
+        Duration::from_secs(60),
+    );
+    let mut supervisor = Supervisor::new(opts.daemons, backoff);
+    supervisor.start(Instant::now());
+    let kind = EventLoop {
+        signals,
+        supervisor: &mut supervisor,
+        buttons: &mut PowerButtons::new(Path::new("/nonexistent"), Path::new("/nonexistent")),
+        watch: None,
+    }
+    .run();
+    (kind, supervisor.stop(), opts.grace)
+}
+
+/// Mounts `/proc`, `/sys` and `/dev`, makes sure fds 0-2 are the console,
+/// says hello, then mounts the rest.
+fn mount_early() {
+    let specs = mounts::early_mounts();
+    let (first, rest) = specs.split_at(3.min(specs.len()));
+    for spec in first {
+        if let Err(e) = mounts::mount_one(spec) {
+            log::error!("{}", logger::chain(&e));
+        }
+    }
+    logger::ensure_console_fds();
+    logger::attach_kmsg();
+    log::info!(target: MILESTONE, "init started uptime_ms={}", uptime().as_millis());
+    for spec in rest {
+        if let Err(e) = mounts::mount_one(spec) {
+            log::error!("{}", logger::chain(&e));
+        }
+    }
+    let (enabled, errors) = mounts::enable_controllers(Path::new(mounts::CGROUP_ROOT));
+    for e in errors {
+        log::warn!("{}", logger::chain(&e));
+    }
+    log::debug!("cgroup controllers for children: {}", enabled.join(" "));
+}
+
+fn read_cmdline() -> Cmdline {
+    let cmdline = match std::fs::read_to_string(CMDLINE_PATH) {
+        Ok(text) => Cmdline::parse(&text),
+        Err(e) => {
+            log::warn!("cannot read {CMDLINE_PATH}: {e}");
+            Cmdline::default()
+        }
+    };
+    if let Some(level) = cmdline.get(LOG_KEY) {
+        match logger::parse_level(level) {
+            Some(level) => log::set_max_level(level),
+            None => log::warn!("{LOG_KEY}={level} is not a log level"),
+        }
+    }
+    cmdline
+}
+
+fn check_release(index: Option<&ModuleIndex>) {
+    let (Some(index), Ok(uname)) = (index, nix::sys::utsname::uname()) else {
+        return;
+    };
+    let running = uname.release().to_string_lossy();
+    if index.kernel_release() != running {
+        log::warn!(
+            "module index is for kernel {} but {running} is running; modules may not load",
+            index.kernel_release()
+        );
+    }
+}
+
+fn coldplug(loader: &mut Loader<'_, KernelKmod>) {
+    let start = Instant::now();
+    let scan = || modules::scan_sys_modaliases(Path::new(SYS_ROOT));
+    let report = loader.coldplug(&scan, COLDPLUG_SETTLE);
+    log::info!(
+        "coldplug: {} modules for {} devices in {}ms ({} passes)",
+        report.loaded.len(),
+        report.devices,
+        start.elapsed().as_millis(),
+        report.passes
+    );
+    log::debug!("coldplug loaded: {}", report.loaded.join(" "));
+}
+
+/// Finds, reads and validates the manifest. An invalid manifest is reported
+/// and replaced by an empty one: boot goes on with no workloads.
+fn find_manifest(cmdline: &Cmdline, disks: &[LabelledDisk]) -> (Manifest, String) {
+    let Some(found) = discover::discover(cmdline, &Roots::default(), disks) else {
+        log::info!(target: MILESTONE, "no manifest found");
+        return (Manifest::default(), String::new());
+    };
+    log::info!(target: MILESTONE, "manifest from {}", found.source);
+    match Manifest::parse(&found.text, &found.source.origin()) {
+        Ok(manifest) => (manifest, found.text),
+        Err(e) => {
+            log::error!(target: MILESTONE, "manifest error: {e}");
+            (Manifest::default(), String::new())
+        }
+    }
+}
+
+/// `[system]`: host name, sysctls, extra modules.
+fn apply_system(manifest: &Manifest, loader: &mut Loader<'_, KernelKmod>) {
+    let hostname = manifest.hostname();
+    match nix::unistd::sethostname(hostname) {
+        Ok(()) => log::info!("hostname set to {hostname}"),
+        Err(e) => log::warn!("cannot set the host name to {hostname:?}: {e}"),
+    }
+    let sysctl: BTreeMap<String, String> = manifest
+        .system
+        .sysctl
+        .iter()
+        .map(|(k, v)| (k.0.clone(), v.0.clone()))
+        .collect();
+    for e in init::sysctl::apply(Path::new("/proc/sys"), &sysctl) {
+        log::warn!("{}", logger::chain(&e));
+    }
+    let names: Vec<&str> = manifest
+        .system
+        .modules
+        .iter()
+        .map(|m| m.0.as_str())
+        .collect();
+    if !names.is_empty() {
+        let loaded = loader.load_names(&names);
+        log::info!("manifest modules: loaded {}", loaded.join(" "));
+    }
+}
+
+fn mount_data(disks: &[LabelledDisk], loader: &mut Loader<'_, KernelKmod>) {
+    let device = discover::disk_with_label(disks, DATA_LABEL).map(|d| d.device.as_path());
+    if device.is_some() {
+        loader.load_names(&["ext4"]);
+    }
+    match mounts::mount_data(device) {
+        Ok(what) => log::info!("{} is {what}", mounts::DATA_DIR),
+        Err(e) => log::error!("{}", logger::chain(&e)),
+    }
+}
+
+/// The daemons read the manifest init settled on (empty if none or invalid).
+fn write_effective_manifest(text: &str) {
+    let path = Path::new(EFFECTIVE_MANIFEST);
+    let result = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)?
+                .write_all(text.as_bytes())
+        });
+    if let Err(e) = result {
+        log::error!("cannot write {EFFECTIVE_MANIFEST}: {e}");
+    }
+}
+
+/// The daemons present in the image, network first.
+fn daemon_specs(manifest: &Manifest) -> Vec<DaemonSpec> {
+    let config = vec!["--config".to_string(), EFFECTIVE_MANIFEST.to_string()];
+    let mut specs = Vec::new();
+    for (path, timeout) in [
+        (NETD, Duration::from_secs(10)),
+        (BERTHD, Duration::from_secs(60)),
+    ] {
+        if PathBuf::from(path).exists() {
+            specs.push(DaemonSpec::new(path, config.clone(), timeout));
+        } else {
+            log::info!("{path} is not installed");
+        }
+    }
+    if !Path::new(BERTHD).exists() && !manifest.workloads.is_empty() {
+        log::warn!(
+            target: MILESTONE,
+            "{} declared workloads not started: no engine is installed ({BERTHD})",
+            manifest.workloads.len()
+        );
+    }
+    specs
+}
+
+/// Whether we were started as `modprobe` (by the kernel's request_module).
+fn is_modprobe() -> bool {
+    std::env::args_os()
+        .next()
+        .is_some_and(|a| Path::new(&a).file_name().is_some_and(|n| n == "modprobe"))
+}
+
+/// `modprobe [-q] [--] NAME...`: loads each name or alias from the index.
+fn modprobe_main() -> ! {
+    logger::init(LevelFilter::Warn);
+    logger::attach_kmsg();
+    let Some(index) = modules::read_index(Path::new(INDEX_PATH)) else {
+        std::process::exit(1)
+    };
+    let mut loader = Loader::new(&index, Path::new(MODULES_DIR), KernelKmod);
+    let mut ok = true;
+    for request in std::env::args().skip(1).filter(|a| !a.starts_with('-')) {
+        if !loader.modprobe(&request) {
+            log::debug!("modprobe: nothing provides {request:?}");
+            ok = false;
+        }
+    }
+    std::process::exit(if ok { 0 } else { 1 })
+}
+
+/// Points the kernel's module helper (`/proc/sys/kernel/modprobe`, default
+/// `/sbin/modprobe`) at this binary.
+fn install_modprobe_helper() {
+    const HELPER: &str = "/sbin/modprobe";
+    let me = match std::fs::read_link("/proc/self/exe") {
+        Ok(p) => p,
+        Err(e) => {
+            log::warn!("cannot find my own executable: {e}; no modprobe helper");
+            return;
+        }
+    };
+    if std::fs::symlink_metadata(HELPER).is_err() {
+        let made =
+            std::fs::create_dir_all("/sbin").and_then(|()| std::os::unix::fs::symlink(&me, HELPER));
+        if let Err(e) = made {
+            log::warn!("cannot link {HELPER} to {}: {e}", me.display());
+            return;
+        }
+    }
+    if let Err(e) = std::fs::write("/proc/sys/kernel/modprobe", HELPER) {
+        log::debug!("cannot set /proc/sys/kernel/modprobe: {e}");
+    }
+}
+
+/// Last resort when signals cannot be handled: reap forever (PID 1) or exit.
+fn reap_forever(mode: Mode) -> ! {
+    if mode == Mode::Host {
+        std::process::exit(1)
+    }
+    loop {
+        match nix::sys::wait::wait() {
+            Ok(_) => {}
+            Err(_) => std::thread::sleep(Duration::from_secs(1)),
+        }
+    }
+}
