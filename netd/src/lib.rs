@@ -3,10 +3,14 @@
 //! `berth-netd` does with it — links, static addresses and routes, DHCPv4,
 //! and `/etc/resolv.conf` — all over netlink.
 //!
+//! [`bridge`] is the container side, a library the engine calls: the
+//! bridge, veth pairs, addresses, NAT and published ports.
+//!
 //! Pure logic (DHCP packets, the client state machine, lease files, link
 //! matching, resolv.conf text) is kept apart from the code that touches the
 //! kernel ([`netlink`], [`dhcp::socket`], [`iface`], [`daemon`]).
 
+pub mod bridge;
 pub mod config;
 pub mod daemon;
 pub mod dhcp;

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use futures::stream::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, CacheInfo};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkLayerType};
-use netlink_packet_route::route::{RouteMessage, RouteProtocol, RouteScope};
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkLayerType};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 /// A failed netlink request, naming what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +56,29 @@ pub struct LinkInfo {
     pub loopback: bool,
     /// Ethernet link-layer type (DHCP needs it).
     pub ethernet: bool,
+}
+
+/// An IPv4 unicast route found in the kernel's tables (not the local table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteEntry {
+    /// Destination network.
+    pub dest: Ipv4Addr,
+    /// Destination prefix length (0 for a default route).
+    pub prefix: u8,
+    /// Output interface index.
+    pub oif: Option<u32>,
+}
+
+/// The peer end of a new veth pair: created directly in another network
+/// namespace, under a name that may already exist in this one.
+#[derive(Debug, Clone, Copy)]
+pub struct VethPeer<'a> {
+    /// Interface name in the peer namespace (`eth0`).
+    pub name: &'a str,
+    /// Ethernet address of the peer end.
+    pub mac: [u8; 6],
+    /// The peer namespace (an open `/proc/PID/ns/net` or `/run/netns/NAME`).
+    pub netns: std::os::fd::BorrowedFd<'a>,
 }
 
 /// A route to install.
@@ -138,6 +163,88 @@ impl Netlink {
                 }
             }
             out.push(info);
+        }
+        Ok(out)
+    }
+
+    /// The link called `name`, if there is one.
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
+        Ok(self.links().await?.into_iter().find(|l| l.name == name))
+    }
+
+    /// Creates a bridge with a fixed Ethernet address (so it does not change
+    /// as ports come and go), administratively up.
+    pub async fn add_bridge(&self, name: &str, mac: [u8; 6]) -> Result<(), NetlinkError> {
+        let msg = LinkBridge::new(name).address(mac.to_vec()).build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| request_error(format!("create bridge {name}"), e))
+    }
+
+    /// Creates a veth pair: `name` here, up and enslaved to `controller`
+    /// (a bridge index), and `peer` in the peer's namespace (down).
+    pub async fn add_veth(
+        &self,
+        name: &str,
+        controller: u32,
+        peer: VethPeer<'_>,
+    ) -> Result<(), NetlinkError> {
+        use std::os::fd::AsRawFd;
+        let peer_msg = LinkUnspec::new_with_name(peer.name)
+            .address(peer.mac.to_vec())
+            .setns_by_fd(peer.netns.as_raw_fd())
+            .build();
+        let msg = LinkVeth::new(name, peer.name)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .controller(controller)
+            .up()
+            .build();
+        self.handle.link().add(msg).execute().await.map_err(|e| {
+            request_error(
+                format!("create veth pair {name} / {} (container end)", peer.name),
+                e,
+            )
+        })
+    }
+
+    /// Deletes a link (for a veth, both ends); one that is already gone is
+    /// not an error.
+    pub async fn del_link(&self, link: &LinkInfo) -> Result<(), NetlinkError> {
+        match self.handle.link().del(link.index).execute().await {
+            Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code().abs() == libc::ENODEV => Ok(()),
+            r => r.map_err(|e| request_error(format!("delete link {}", link.name), e)),
+        }
+    }
+
+    /// The IPv4 unicast routes of every table but `local`.
+    pub async fn routes_v4(&self) -> Result<Vec<RouteEntry>, NetlinkError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut stream = self.handle.route().get(msg).execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| request_error("list IPv4 routes".into(), e))?
+        {
+            if msg.header.kind != RouteType::Unicast || msg.header.table == 255 {
+                continue;
+            }
+            let mut entry = RouteEntry {
+                dest: Ipv4Addr::UNSPECIFIED,
+                prefix: msg.header.destination_prefix_length,
+                oif: None,
+            };
+            for attr in &msg.attributes {
+                match attr {
+                    RouteAttribute::Destination(RouteAddress::Inet(a)) => entry.dest = *a,
+                    RouteAttribute::Oif(i) => entry.oif = Some(*i),
+                    _ => {}
+                }
+            }
+            out.push(entry);
         }
         Ok(out)
     }
