@@ -1,7 +1,9 @@
 //! berth's container engine. For now: the `[workloads.*]` sections of the
 //! boot manifest, which the engine owns and `init` composes.
 
+pub mod image;
 pub mod units;
 pub mod workload;
 
 pub use workload::Workload;
+pub mod runtime;

@@ -30,6 +30,9 @@ pub enum ImageError {
     /// An output file could not be written.
     #[error("cannot write {0}")]
     Write(PathBuf, #[source] std::io::Error),
+    /// `--without` names something that is not an optional binary.
+    #[error("--without {0:?}: only optional binaries can be left out ({1})")]
+    Without(String, String),
 }
 
 /// What to build.
@@ -45,6 +48,8 @@ pub struct Request {
     pub bin_dir: PathBuf,
     /// Extra files.
     pub includes: Vec<Include>,
+    /// Optional binaries to leave out (`berth-netd`, `berthd`, `berth`).
+    pub without: Vec<String>,
     /// The mtime of every archive entry.
     pub mtime: u32,
 }
@@ -74,7 +79,22 @@ pub fn build(req: &Request) -> Result<Report, ImageError> {
     let mut tree = Tree::new();
     initrd::add_skeleton(&mut tree)?;
     let mut binaries = Vec::new();
+    for unknown in req.without.iter().filter(|w| {
+        !initrd::BINARIES
+            .iter()
+            .any(|(name, _, required)| name == w && !required)
+    }) {
+        let optional: Vec<&str> = initrd::BINARIES
+            .iter()
+            .filter(|(_, _, required)| !required)
+            .map(|(name, _, _)| *name)
+            .collect();
+        return Err(ImageError::Without(unknown.clone(), optional.join(", ")));
+    }
     for (name, dest, required) in initrd::BINARIES {
+        if req.without.iter().any(|w| w == name) {
+            continue;
+        }
         let path = req.bin_dir.join(name);
         if !path.exists() {
             if *required {

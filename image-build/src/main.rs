@@ -65,6 +65,10 @@ enum Command {
         /// Adds a host file or directory to the image.
         #[arg(long, value_name = "SRC:DEST")]
         include: Vec<String>,
+        /// Leaves an optional binary (berth-netd, berthd, berth) out of the
+        /// image, e.g. to put your own at its path with --include.
+        #[arg(long, value_name = "NAME")]
+        without: Vec<String>,
     },
     /// Boots DIR (made by `build`) in QEMU with the serial console on stdio.
     Run {
@@ -142,6 +146,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             kernel_deb,
             bin_dir,
             include,
+            without,
         } => {
             let kernel = match (kernel, modules, kernel_deb) {
                 (Some(image), Some(modules), None) => kernel::Source::Files { image, modules },
@@ -166,6 +171,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     .iter()
                     .map(|s| s.parse())
                     .collect::<Result<_, _>>()?,
+                without,
                 mtime: source_date_epoch()?,
             };
             let report = image::build(&request)?;

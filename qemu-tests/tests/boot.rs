@@ -24,7 +24,12 @@ static MINIMAL: SharedImage = SharedImage::new("boot-minimal", "[system]\n", &[]
 static CRASHING_NETD: SharedImage = SharedImage::new(
     "boot-crashing-netd",
     "[system]\n",
-    &["--include", "/bin/busybox:/sbin/berth-netd"],
+    &[
+        "--without",
+        "berth-netd",
+        "--include",
+        "/bin/busybox:/sbin/berth-netd",
+    ],
 );
 
 fn count(lines: &[String], prefix: &str) -> usize {
