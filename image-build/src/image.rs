@@ -79,7 +79,7 @@ pub fn build(req: &Request) -> Result<Report, ImageError> {
     let mut tree = Tree::new();
     initrd::add_skeleton(&mut tree)?;
     let mut binaries = Vec::new();
-    for unknown in req.without.iter().filter(|w| {
+    if let Some(unknown) = req.without.iter().find(|w| {
         !initrd::BINARIES
             .iter()
             .any(|(name, _, required)| name == w && !required)

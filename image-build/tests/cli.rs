@@ -190,6 +190,20 @@ fn build_names_a_missing_berth_init_and_bad_includes() {
         stderr(&out)
     );
 
+    // Only optional binaries can be left out; a stand-in then takes the path.
+    let out = build(
+        &manifest,
+        &dir.path().join("out"),
+        &bin,
+        &["--without", "berth-init"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--without \"berth-init\": only optional binaries can be left out"),
+        "{}",
+        stderr(&out)
+    );
+
     // A dynamically linked berth-init would not start without a libc.
     std::fs::copy(
         std::fs::canonicalize("/bin/sh").unwrap(),

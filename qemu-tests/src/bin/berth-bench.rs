@@ -1,0 +1,139 @@
+//! `make bench`: sizes of the boot artifacts and binaries, and boot timings
+//! read from the guest's own console, as medians over several boots.
+//!
+//! Timings are guest uptime (CLOCK_BOOTTIME inside the VM) as init prints
+//! it, so they do not include QEMU's own start-up; the wall-clock columns do.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use qemu_tests::{accel, paths, Guest, Image};
+
+const BOOTS: usize = 5;
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads one phase's duration from a boot.
+type Phase = fn(&Boot) -> u64;
+
+/// One boot's measurements, in milliseconds.
+struct Boot {
+    /// Guest uptime when init started: kernel start → /init.
+    kernel_to_init: u64,
+    /// Guest uptime from init start to the ready line.
+    init_to_ready: u64,
+    /// Guest uptime at the ready line.
+    ready_uptime: u64,
+    /// Wall time from starting QEMU to seeing the ready line.
+    wall_to_ready: u64,
+    /// Wall time from the power button to QEMU's exit.
+    wall_power_off: u64,
+}
+
+fn main() -> Result<()> {
+    let image_dir = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| paths::workspace_dir().join("out/demo"));
+    let image = Image::from_dir(&image_dir)
+        .with_context(|| format!("no image in {} (run `make bench`)", image_dir.display()))?;
+    let accel = accel::accel().context("cannot choose an accelerator")?;
+
+    println!("berth bench: image {}", image_dir.display());
+    println!();
+    println!("{:<28} {:>12}", "artifact", "bytes");
+    let mut sizes: Vec<(String, PathBuf)> = vec![
+        ("vmlinuz".into(), image_dir.join("vmlinuz")),
+        ("initrd.img".into(), image_dir.join("initrd.img")),
+    ];
+    let bin = paths::bin_dir();
+    for name in ["berth-init", "berth-netd", "berthd", "berth", "berth-build"] {
+        sizes.push((name.into(), bin.join(name)));
+    }
+    for (name, path) in &sizes {
+        match size(path) {
+            Some(bytes) => println!("{name:<28} {bytes:>12}"),
+            None => println!("{name:<28} {:>12}", "absent"),
+        }
+    }
+
+    println!();
+    println!("booting {BOOTS} times under {accel} ...");
+    let mut boots = Vec::new();
+    for i in 0..BOOTS {
+        let boot = boot_once(&image).with_context(|| format!("boot {} of {BOOTS}", i + 1))?;
+        boots.push(boot);
+    }
+    println!();
+    println!(
+        "{:<40} {:>10} {:>10} {:>10}   ({accel}, {BOOTS} boots)",
+        "boot phase", "median ms", "min ms", "max ms"
+    );
+    let rows: [(&str, Phase); 5] = [
+        ("kernel -> init (guest uptime)", |b| b.kernel_to_init),
+        ("init -> ready (guest)", |b| b.init_to_ready),
+        ("kernel -> ready (guest uptime)", |b| b.ready_uptime),
+        ("qemu start -> ready (wall)", |b| b.wall_to_ready),
+        ("power button -> qemu exit (wall)", |b| b.wall_power_off),
+    ];
+    for (name, get) in rows {
+        let mut values: Vec<u64> = boots.iter().map(get).collect();
+        values.sort_unstable();
+        println!(
+            "{name:<40} {:>10} {:>10} {:>10}",
+            median(&values),
+            values[0],
+            values[values.len() - 1]
+        );
+    }
+    let init_share: Vec<u64> = {
+        let mut v: Vec<u64> = boots
+            .iter()
+            .map(|b| b.init_to_ready * 100 / b.ready_uptime.max(1))
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    println!(
+        "{:<40} {:>9}%",
+        "init's share of kernel -> ready",
+        median(&init_share)
+    );
+    Ok(())
+}
+
+fn boot_once(image: &Image) -> Result<Boot> {
+    let started = Instant::now();
+    let mut guest = Guest::from_image(image).memory_mb(512).boot()?;
+    let init = guest.expect_console(r"berth: init started uptime_ms=(\d+)", READY_TIMEOUT)?;
+    let kernel_to_init: u64 = init.parse(1).context("init uptime")?;
+    let ready =
+        guest.expect_console(r"berth: ready uptime_ms=(\d+) workloads=\d+", READY_TIMEOUT)?;
+    let wall_to_ready = started.elapsed().as_millis() as u64;
+    let ready_uptime: u64 = ready.parse(1).context("ready uptime")?;
+    ensure!(
+        ready_uptime >= kernel_to_init,
+        "ready ({ready_uptime} ms) before init started ({kernel_to_init} ms)"
+    );
+    let pressed = Instant::now();
+    guest.power_button()?;
+    guest.expect_console(r"berth: power off", SHUTDOWN_TIMEOUT)?;
+    let status = guest.wait_exit(SHUTDOWN_TIMEOUT)?;
+    ensure!(status.success(), "QEMU exited with {status}");
+    Ok(Boot {
+        kernel_to_init,
+        init_to_ready: ready_uptime - kernel_to_init,
+        ready_uptime,
+        wall_to_ready,
+        wall_power_off: pressed.elapsed().as_millis() as u64,
+    })
+}
+
+fn median(sorted: &[u64]) -> u64 {
+    sorted[sorted.len() / 2]
+}
+
+fn size(path: &Path) -> Option<u64> {
+    std::fs::metadata(path).ok().map(|m| m.len())
+}
