@@ -44,6 +44,7 @@ pub mod archive;
 pub mod digest;
 pub mod layer;
 mod pipe;
+pub mod pull;
 pub mod reference;
 pub mod store;
 
@@ -59,6 +60,7 @@ use serde::{Deserialize, Serialize};
 pub use archive::Format;
 use archive::{ArchiveError, ArchiveFiles, Candidate, Ctx, LayoutDir, Name, Source};
 pub use digest::Digest;
+pub use pull::{PullError, PullOptions, PullProgress};
 pub use reference::{Reference, ReferenceError};
 use store::{BlobError, BlobStore, TMP_PREFIX};
 
@@ -84,6 +86,9 @@ pub enum ImageError {
     /// A reference does not parse.
     #[error(transparent)]
     Reference(#[from] ReferenceError),
+    /// Pulling from a registry failed.
+    #[error(transparent)]
+    Pull(#[from] PullError),
     /// Nothing in the store matches the reference.
     #[error("no such image: {0}")]
     NotFound(String),
