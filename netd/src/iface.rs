@@ -2,12 +2,14 @@
 //! DHCP client, carrying out the state machine's actions over netlink.
 
 use std::collections::hash_map::RandomState;
+use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
+use crate::arp::{self, ArpSocket};
 use crate::config::Interface;
 use crate::dhcp::client::{Action, Binding, Client, Event};
 use crate::dhcp::packet::{self, Identity, PacketError, Reply};
@@ -42,6 +44,9 @@ pub enum Report {
         ifname: String,
     },
 }
+
+/// How long the gateway check waits for an ARP reply.
+const GATEWAY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Metric of static routes: per link, so two links' default routes coexist.
 fn static_metric(link: &LinkInfo) -> u32 {
@@ -291,7 +296,8 @@ impl Dhcp {
     }
 
     async fn execute(&mut self, actions: Vec<Action>) {
-        for action in actions {
+        let mut queue: VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
             match action {
                 Action::Send(msg, dest) => {
                     let bytes = match packet::encode(&msg) {
@@ -309,7 +315,26 @@ impl Dhcp {
                         log::warn!(target: "netd", "{}", error_chain(&e));
                     }
                 }
-                Action::Configure(b) => self.configure(&b).await,
+                Action::Configure(b) => {
+                    let fresh = self.current != Some(b.lease.address);
+                    if fresh {
+                        if let Some(owner) = self.probe(b.lease.address).await {
+                            log::warn!(
+                                target: "netd",
+                                "{}: {} is already used by {}; sending DHCPDECLINE to {}",
+                                self.link.name,
+                                b.lease.address,
+                                arp::mac_string(&owner),
+                                b.lease.server,
+                            );
+                            queue.extend(self.client.decline(Instant::now()));
+                            continue;
+                        }
+                    }
+                    if self.configure(&b).await && fresh {
+                        self.check_gateway(&b.lease);
+                    }
+                }
                 Action::Deconfigure(lease) => self.deconfigure(&lease).await,
                 Action::Forget => {
                     if let Err(e) = self.store.remove(&self.link.name) {
@@ -320,7 +345,70 @@ impl Dhcp {
         }
     }
 
-    async fn configure(&mut self, b: &Binding) {
+    /// ARP-probes for `addr` before it is configured; the hardware address
+    /// of a host that has it. A probe that cannot run is logged and counts
+    /// as no conflict: the address is used rather than the link left bare.
+    async fn probe(&self, addr: Ipv4Addr) -> Option<[u8; 6]> {
+        let mac = self.link.mac?;
+        let sock = match ArpSocket::open(&self.link.name, self.link.index, mac) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!(target: "netd", "{}; {addr} is used unchecked", error_chain(&e));
+                return None;
+            }
+        };
+        let start = Instant::now();
+        match sock.probe(addr).await {
+            Ok(owner) => {
+                log::debug!(target: "netd", "{}: ARP probe for {addr} took {:?}", self.link.name, start.elapsed());
+                owner
+            }
+            Err(e) => {
+                log::warn!(target: "netd", "{}; {addr} is used unchecked", error_chain(&e));
+                None
+            }
+        }
+    }
+
+    /// Resolves the lease's default gateway over ARP in the background and
+    /// logs whether and how fast it answered: the first sign that the link
+    /// really carries traffic.
+    fn check_gateway(&self, lease: &packet::Lease) {
+        let Some(gateway) = lease
+            .routes()
+            .into_iter()
+            .find(|r| r.prefix == 0)
+            .and_then(|r| r.gateway)
+        else {
+            return;
+        };
+        let Some(mac) = self.link.mac else {
+            return;
+        };
+        let (name, index, source) = (self.link.name.clone(), self.link.index, lease.address);
+        tokio::spawn(async move {
+            let answer = match ArpSocket::open(&name, index, mac) {
+                Ok(sock) => sock.resolve(source, gateway, GATEWAY_TIMEOUT).await,
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(Some((_, took))) => log::info!(
+                    target: "netd",
+                    "{name}: gateway {gateway} reachable (ARP reply in {} ms)",
+                    took.as_millis()
+                ),
+                Ok(None) => log::warn!(
+                    target: "netd",
+                    "{name}: gateway {gateway} did not answer ARP within {} ms",
+                    GATEWAY_TIMEOUT.as_millis()
+                ),
+                Err(e) => log::warn!(target: "netd", "{}", error_chain(&e)),
+            }
+        });
+    }
+
+    /// Puts the lease on the link; whether its address is there now.
+    async fn configure(&mut self, b: &Binding) -> bool {
         let name = &self.link.name;
         let now = Instant::now();
         let lease = &b.lease;
@@ -329,7 +417,7 @@ impl Dhcp {
         }
         let lifetime = b.remaining(now);
         if lifetime.is_some_and(|l| l.as_secs() == 0) {
-            return;
+            return false;
         }
         if let (Some(mtu), None) = (lease.mtu, self.cfg.mtu) {
             if let Err(e) = self.nl.set_mtu(&self.link, u32::from(mtu)).await {
@@ -347,7 +435,7 @@ impl Dhcp {
             .await
         {
             log::error!(target: "netd", "{}", error_chain(&e));
-            return;
+            return false;
         }
         let routes = lease_routes(&self.link, lease);
         for old in self.routes.clone() {
@@ -398,6 +486,7 @@ impl Dhcp {
             search,
             hostname: lease.hostname.clone(),
         });
+        true
     }
 
     async fn deconfigure(&mut self, lease: &packet::Lease) {

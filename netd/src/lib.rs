@@ -10,6 +10,7 @@
 //! matching, resolv.conf text) is kept apart from the code that touches the
 //! kernel ([`netlink`], [`dhcp::socket`], [`iface`], [`daemon`]).
 
+pub mod arp;
 pub mod bridge;
 pub mod config;
 pub mod daemon;

@@ -108,6 +108,9 @@ pub enum State {
     Renewing,
     /// REQUEST broadcast after T2.
     Rebinding,
+    /// DECLINE sent for an address another host uses; DISCOVER again at
+    /// the deadline.
+    Declined,
 }
 
 /// Retransmissions of a REQUEST for an offer before starting over.
@@ -118,6 +121,14 @@ const REBOOT_TRIES: u32 = 1;
 const MAX_BACKOFF: Duration = Duration::from_secs(64);
 /// Shortest wait between retransmissions in RENEWING and REBINDING.
 const MIN_RENEW_WAIT: Duration = Duration::from_secs(4);
+/// Wait after a DECLINE before DISCOVER, doubled for each further DECLINE
+/// in a row up to [`MAX_DECLINE_WAIT`]. RFC 2131 section 4.4.1 asks for
+/// ten seconds; the boot waits on this, and a server that was told an
+/// address is taken offers another one, so the first retry comes sooner
+/// and only repeated conflicts (a loop) back off to the RFC's figure.
+const DECLINE_WAIT: Duration = Duration::from_secs(1);
+/// Longest wait after a DECLINE.
+const MAX_DECLINE_WAIT: Duration = Duration::from_secs(10);
 
 /// One interface's DHCP client.
 #[derive(Debug)]
@@ -135,6 +146,8 @@ pub struct Client {
     binding: Option<Binding>,
     /// The lease an INIT-REBOOT asks for.
     remembered: Option<Binding>,
+    /// DECLINEs since the last lease that was used.
+    declines: u32,
 }
 
 impl Client {
@@ -151,6 +164,7 @@ impl Client {
             offer: None,
             binding: None,
             remembered: None,
+            declines: 0,
         }
     }
 
@@ -196,6 +210,31 @@ impl Client {
         out
     }
 
+    /// The lease just bound (by the last [`Action::Configure`]) belongs to
+    /// another host, as an ARP probe showed: tells the server with
+    /// DHCPDECLINE, drops the lease, and starts over with DISCOVER after a
+    /// short wait (see [`DECLINE_WAIT`]).
+    pub fn decline(&mut self, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(b) = self.binding.take() else {
+            return out;
+        };
+        out.push(Action::Send(
+            packet::decline(&self.id, self.xid, b.lease.server, b.lease.address),
+            Destination::Broadcast,
+        ));
+        self.remembered = None;
+        self.offer = None;
+        out.push(Action::Forget);
+        let wait = DECLINE_WAIT
+            .saturating_mul(1 << self.declines.min(4))
+            .min(MAX_DECLINE_WAIT);
+        self.declines += 1;
+        self.state = State::Declined;
+        self.deadline = Some(now + wait);
+        out
+    }
+
     /// Feeds one event.
     pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
         let mut out = Vec::new();
@@ -222,6 +261,7 @@ impl Client {
                 // Whatever was sent before the carrier came is likely lost:
                 // start again now rather than after the backoff.
                 State::Selecting | State::Rebooting => self.begin(now, &mut out),
+                State::Declined => {}
                 _ => {}
             },
         }
@@ -438,11 +478,14 @@ impl Client {
                     None => self.discover(now, out),
                 }
             }
+            State::Declined => self.discover(now, out),
             State::Bound | State::Renewing | State::Rebinding => self.on_lease_timer(now, out),
         }
     }
 
     fn on_lease_timer(&mut self, now: Instant, out: &mut Vec<Action>) {
+        // The lease lived to T1: it was not declined.
+        self.declines = 0;
         let Some(b) = self.binding.clone() else {
             self.discover(now, out);
             return;
@@ -983,6 +1026,54 @@ mod tests {
         );
         assert_eq!(c.state(), State::Bound);
         assert_eq!(c.deadline(), None);
+    }
+
+    #[test]
+    fn decline_then_discover_after_a_growing_wait() {
+        let t0 = Instant::now();
+        let mut c = bound(t0, 120);
+        let a = c.decline(t0);
+        let (kind, dest, _, msg) = only_send(&a);
+        assert_eq!((kind, dest), (MessageType::Decline, Destination::Broadcast));
+        assert_eq!(
+            msg.opts().get(OptionCode::RequestedIpAddress),
+            Some(&DhcpOption::RequestedIpAddress(ADDR))
+        );
+        assert_eq!(
+            msg.opts().get(OptionCode::ServerIdentifier),
+            Some(&DhcpOption::ServerIdentifier(SERVER))
+        );
+        assert_eq!(msg.ciaddr(), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(a[1], Action::Forget);
+        assert!(c.binding().is_none());
+        assert_eq!(c.state(), State::Declined);
+        assert_eq!(c.deadline(), Some(t0 + DECLINE_WAIT));
+        // Carrier news does not cut the wait short.
+        assert!(c.handle(t0, Event::LinkUp).is_empty());
+        let t1 = t0 + DECLINE_WAIT;
+        let (kind, _, xid, msg) = only_send(&c.handle(t1, Event::Timer));
+        assert_eq!(kind, MessageType::Discover);
+        assert!(msg.opts().get(OptionCode::RequestedIpAddress).is_none());
+        // A second conflict in a row waits twice as long.
+        c.handle(
+            t1,
+            Event::Reply(Reply::Offer {
+                xid,
+                lease: lease(ADDR, 120),
+            }),
+        );
+        c.handle(
+            t1,
+            Event::Reply(Reply::Ack {
+                xid,
+                lease: lease(ADDR, 120),
+            }),
+        );
+        assert_eq!(c.state(), State::Bound);
+        c.decline(t1);
+        assert_eq!(c.deadline(), Some(t1 + 2 * DECLINE_WAIT));
+        // Nothing to decline without a lease.
+        assert!(client().decline(t0).is_empty());
     }
 
     #[test]
