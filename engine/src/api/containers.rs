@@ -690,7 +690,6 @@ pub(super) async fn logs(api: &Api, id: &str, q: &Query) -> Reply {
 /// until it stops, as a multiplexed stream; hijacked when the client asks
 /// for an upgrade (the docker CLI does). Stdin is not attached.
 pub(super) async fn attach(api: &Api, id: &str, q: &Query, mut req: Request<Incoming>) -> Reply {
-    let from = SystemTime::now();
     let want_stdout = q.bool("stdout", false);
     let want_stderr = q.bool("stderr", false);
     let (stdout, stderr) = if want_stdout || want_stderr {
@@ -701,45 +700,12 @@ pub(super) async fn attach(api: &Api, id: &str, q: &Query, mut req: Request<Inco
     let logs_from_start = q.bool("logs", false);
     let upgrade = super::take_upgrade(&mut req);
     let m = api.manager().clone();
-    let id = {
-        let m = m.clone();
-        let id = id.to_owned();
-        blocking(move || Ok(m.inspect(&id)?.id)).await?
-    };
+    let id = id.to_owned();
+    // Opened before replying, so that a start right after this request
+    // returns cannot run ahead of the reader.
+    let stream = blocking(move || Ok(m.attach(&id, stdout, stderr, logs_from_start)?)).await?;
     let (tx, body) = ChannelBody::new();
-    tokio::task::spawn_blocking(move || {
-        // The docker CLI attaches before it starts the container: follow
-        // only once it has left `created`, or the follow would end at once.
-        let poll = Duration::from_millis(20);
-        loop {
-            match m.inspect(&id) {
-                Ok(c) if c.state.status == Status::Created => {
-                    if tx.is_closed() {
-                        return;
-                    }
-                    std::thread::sleep(poll);
-                }
-                Ok(_) => break,
-                Err(_) => return,
-            }
-        }
-        let opts = LogOptions {
-            follow: true,
-            tail: None,
-            stdout,
-            stderr,
-            since: if logs_from_start { None } else { Some(from) },
-            until: None,
-            timestamps: false,
-        };
-        match m.logs(&id, opts) {
-            Ok(stream) => pump_logs(stream, false, tx),
-            Err(e) => {
-                let msg = format!("{}\n", ApiError::from(e).message());
-                let _ = tx.blocking_send(Bytes::from(frame(StreamKind::System, msg.as_bytes())));
-            }
-        }
-    });
+    tokio::task::spawn_blocking(move || pump_logs(stream, false, tx));
     Ok(stream_reply(upgrade, MULTIPLEXED, body, None))
 }
 

@@ -35,6 +35,26 @@ fn kernel_release() -> String {
 /// `GET /version`.
 pub(super) fn version() -> Reply {
     let v = env!("CARGO_PKG_VERSION").to_owned();
+    let arch = std::env::consts::ARCH
+        .replace("x86_64", "amd64")
+        .replace("aarch64", "arm64");
+    let kernel = kernel_release();
+    // The docker CLI prints a component's Details rather than the
+    // top-level fields when Components is present.
+    let details = [
+        ("ApiVersion", API_VERSION),
+        ("MinAPIVersion", MIN_API_VERSION),
+        ("GitCommit", "berth"),
+        ("GoVersion", "rust"),
+        ("Os", "linux"),
+        ("Arch", arch.as_str()),
+        ("KernelVersion", kernel.as_str()),
+        ("BuildTime", ""),
+        ("Experimental", "false"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
     json(
         StatusCode::OK,
         &VersionResponse {
@@ -44,6 +64,7 @@ pub(super) fn version() -> Reply {
             components: vec![Component {
                 name: "Engine".into(),
                 version: v.clone(),
+                details,
             }],
             version: v,
             api_version: API_VERSION.into(),
@@ -51,10 +72,8 @@ pub(super) fn version() -> Reply {
             git_commit: "berth".into(),
             go_version: "rust".into(),
             os: "linux".into(),
-            arch: std::env::consts::ARCH
-                .replace("x86_64", "amd64")
-                .replace("aarch64", "arm64"),
-            kernel_version: kernel_release(),
+            arch,
+            kernel_version: kernel,
             build_time: String::new(),
         },
     )

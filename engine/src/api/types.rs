@@ -597,4 +597,7 @@ pub struct Component {
     pub name: String,
     /// Version.
     pub version: String,
+    /// The fields `docker version` prints for the component (ApiVersion,
+    /// MinAPIVersion, GitCommit, GoVersion, Os, Arch, KernelVersion, ...).
+    pub details: std::collections::BTreeMap<String, String>,
 }

@@ -573,6 +573,19 @@ impl Manager {
         supervise::Inner::logs(&self.inner, id_or_name, opts)
     }
 
+    /// `docker attach` (output only): what the container writes from now
+    /// on (everything it wrote before too, with `history`), until its run
+    /// ends; made before `start`, it waits for the start.
+    pub fn attach(
+        &self,
+        id_or_name: &str,
+        stdout: bool,
+        stderr: bool,
+        history: bool,
+    ) -> Result<LogStream, ManagerError> {
+        supervise::Inner::attach(&self.inner, id_or_name, stdout, stderr, history)
+    }
+
     /// `docker exec`: runs a process in the running container.
     pub fn exec(&self, id_or_name: &str, spec: ExecSpec) -> Result<ExecHandle, ManagerError> {
         self.inner.exec(id_or_name, spec)

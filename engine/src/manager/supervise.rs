@@ -254,6 +254,11 @@ impl Inner {
         };
         let dir = this.opts.root.join("containers").join(&id);
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        // The log exists from creation, so an attach made before the start
+        // holds it open and reads every line even if the container is gone
+        // (auto-removed) by the time the reader gets to it.
+        let log = dir.join(format!("{id}-json.log"));
+        fs::File::create(&log).map_err(io_err("create", &log))?;
         let config = ContainerConfig {
             id: id.clone(),
             name: name.clone(),
@@ -1010,6 +1015,39 @@ impl Inner {
             let live = lock(&watched.live);
             !live.removed && (Ctr::running(&live) || live.rec.status == Status::Restarting)
         });
+        LogStream::open(&path, this.opts.log_max_files, opts, still_running)
+            .map_err(io_err("read the log", &path))
+    }
+
+    /// The output of the container's next run: like a following
+    /// [`Inner::logs`] from the current end of the log (from its start
+    /// with `history`), but a container not
+    /// started yet counts as running, so an attach made before `start`
+    /// waits for the output instead of ending at once.
+    pub(super) fn attach(
+        this: &Arc<Inner>,
+        key: &str,
+        stdout: bool,
+        stderr: bool,
+        history: bool,
+    ) -> Result<LogStream, ManagerError> {
+        let ctr = this.find(key)?;
+        let path = ctr.log_path();
+        let watched = ctr.clone();
+        let still_running = Box::new(move || {
+            let live = lock(&watched.live);
+            !live.removed
+                && (live.rec.status == Status::Created
+                    || Ctr::running(&live)
+                    || live.rec.status == Status::Restarting)
+        });
+        let opts = LogOptions {
+            follow: true,
+            tail: if history { None } else { Some(0) },
+            stdout: stdout || !stderr,
+            stderr: stderr || !stdout,
+            ..LogOptions::default()
+        };
         LogStream::open(&path, this.opts.log_max_files, opts, still_running)
             .map_err(io_err("read the log", &path))
     }
