@@ -200,6 +200,83 @@ fn nak_when_the_remembered_subnet_changed() {
     assert!(state.contains("address=10.80.0."), "{state}");
 }
 
+/// The server offers an address another host already has (a stale lease
+/// in dnsmasq's database, and --no-ping keeps dnsmasq from noticing): the
+/// ARP probe finds the owner, netd sends DHCPDECLINE and ends with another
+/// address from the range, and the taken one never reaches the link.
+#[test]
+fn offered_address_in_use_is_declined() {
+    if !can_run() {
+        return;
+    }
+    let bench = Bench::new("10.86.0.1/24");
+    let squatter = bench.squatter("10.86.0.50/24");
+    let squatter_mac = common::run(&["ip", "-n", &squatter.ns, "link", "show", "bt-sq"])
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .expect("squatter MAC")
+        .to_string();
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    fs::write(
+        bench.path("dnsmasq.leases"),
+        format!("{expiry} {} 10.86.0.50 * *\n", bench.mac),
+    )
+    .unwrap();
+    let dnsmasq = bench.dnsmasq("10.86.0.50,10.86.0.60,2m", &[]);
+    let watch = bench.watch_addresses();
+    let mut netd = bench.netd(&dhcp_config(), &[], false);
+    assert_eq!(
+        netd.readiness(SECS_10).as_deref(),
+        Some("READY\n"),
+        "{}",
+        bench.report(Some(&dnsmasq), &netd)
+    );
+
+    let served = dnsmasq.log();
+    let first_offer = served.lines().find(|l| l.contains("DHCPOFFER"));
+    assert!(
+        first_offer.is_some_and(|l| l.contains("10.86.0.50 ")),
+        "dnsmasq did not offer the taken address first: {served}"
+    );
+    let log = netd.log();
+    assert!(
+        log.contains(&format!(
+            "{CLI_IF}: 10.86.0.50 is already used by {squatter_mac}; sending DHCPDECLINE to 10.86.0.1"
+        )),
+        "{}",
+        bench.report(Some(&dnsmasq), &netd)
+    );
+    assert!(
+        served
+            .lines()
+            .any(|l| l.contains("DHCPDECLINE") && l.contains("10.86.0.50 ")),
+        "{served}"
+    );
+
+    let addrs = bench.client_v4();
+    assert_eq!(addrs.len(), 1, "{}", bench.report(Some(&dnsmasq), &netd));
+    let last: u8 = addrs[0]
+        .strip_prefix("10.86.0.")
+        .and_then(|a| a.strip_suffix("/24"))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("{addrs:?}"));
+    assert!((51..=60).contains(&last), "{addrs:?}");
+    assert!(log.contains(&format!("DHCP lease {}", addrs[0])), "{log}");
+    let seen = watch.seen();
+    assert!(
+        !seen.contains("10.86.0.50/"),
+        "the taken address was put on the link: {seen}"
+    );
+    let state = fs::read_to_string(bench.path(&format!("state/{CLI_IF}.lease"))).unwrap();
+    assert!(state.contains(&format!("address={}", addrs[0])), "{state}");
+    assert!(netd.running());
+}
+
 /// A restarted netd asks for its remembered address and gets it back.
 #[test]
 fn restart_reuses_the_remembered_lease() {

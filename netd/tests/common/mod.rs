@@ -262,6 +262,80 @@ impl Bench {
                 .collect::<String>(),
         )
     }
+
+    /// Puts `addr` (CIDR) on another host of the server segment: a
+    /// macvlan on the server end, moved into a namespace of its own, so it
+    /// answers ARP from its own hardware address like any other machine.
+    pub fn squatter(&self, addr: &str) -> Squatter {
+        let ns = self.srv.replacen("-srv-", "-sq-", 1);
+        run(&["ip", "netns", "add", &ns]);
+        let sq = Squatter { ns };
+        run(&[
+            "ip", "-n", &self.srv, "link", "add", "link", SRV_IF, "name", "bt-sq", "type",
+            "macvlan", "mode", "bridge",
+        ]);
+        run(&[
+            "ip", "-n", &self.srv, "link", "set", "bt-sq", "netns", &sq.ns,
+        ]);
+        run(&["ip", "-n", &sq.ns, "addr", "add", addr, "dev", "bt-sq"]);
+        run(&["ip", "-n", &sq.ns, "link", "set", "bt-sq", "up"]);
+        sq
+    }
+
+    /// Records every address change in the client namespace until dropped.
+    pub fn watch_addresses(&self) -> Watch {
+        let path = self.path("addr-monitor.log");
+        let child = Command::new("ip")
+            .args(["-n", &self.cli, "monitor", "address"])
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&path).expect("monitor log"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ip monitor");
+        let watch = Watch { child, path };
+        // The monitor has subscribed once it reports a marker address
+        // (added again each round until it does).
+        let marker = "127.0.0.77/8";
+        let listening = wait_until(Duration::from_secs(5), || {
+            let _ = output(&["ip", "-n", &self.cli, "addr", "add", marker, "dev", "lo"]);
+            let _ = output(&["ip", "-n", &self.cli, "addr", "del", marker, "dev", "lo"]);
+            watch.seen().contains("127.0.0.77")
+        });
+        assert!(listening, "ip monitor saw nothing");
+        watch
+    }
+}
+
+/// Another host on the server segment, gone on drop.
+pub struct Squatter {
+    /// Its namespace.
+    pub ns: String,
+}
+
+impl Drop for Squatter {
+    fn drop(&mut self) {
+        let _ = output(&["ip", "netns", "del", &self.ns]);
+    }
+}
+
+/// `ip monitor address` in the client namespace, stopped on drop.
+pub struct Watch {
+    child: Child,
+    path: PathBuf,
+}
+
+impl Watch {
+    /// Every change seen so far, one per line.
+    pub fn seen(&self) -> String {
+        fs::read_to_string(&self.path).unwrap_or_default()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Bench {
