@@ -340,7 +340,7 @@ impl Inner {
                 )));
             }
         }
-        let image = self.images.resolve(&cfg.image_id).map_err(|e| match e {
+        let image = resolve_image_id(&self.images, &cfg.image_id).map_err(|e| match e {
             ImageError::NotFound(r) => ManagerError::ImageNotFound(r),
             e => ManagerError::Image(e),
         })?;
@@ -1488,5 +1488,28 @@ fn mirror(ctr: &Arc<Ctr>, sink: super::ConsoleSink, starts: u64) {
             line.push(b'\n');
         }
         let _ = lock(&sink).write_all(&line);
+    }
+}
+
+/// The image a container was created from, by its id (config digest).
+/// Several manifests can share one config (the same image loaded from a
+/// docker archive and an OCI archive): they are the same rootfs, so the
+/// first is as good as any, where the store would call the id ambiguous.
+fn resolve_image_id(
+    images: &crate::image::ImageStore,
+    id: &str,
+) -> Result<crate::image::Image, ImageError> {
+    match images.resolve(id) {
+        Err(ImageError::Ambiguous { .. }) => {
+            let manifest = images
+                .list()
+                .into_iter()
+                .filter(|s| s.id.to_string() == id)
+                .map(|s| s.manifest_digest)
+                .min()
+                .ok_or_else(|| ImageError::NotFound(id.to_owned()))?;
+            images.resolve(&manifest.to_string())
+        }
+        r => r,
     }
 }
