@@ -1,7 +1,7 @@
 //! `berth`: the command-line client of berthd, with Docker's verbs and
 //! flags. A thin client: every command is one or a few API calls.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -451,35 +451,71 @@ async fn json_messages(resp: Response<Incoming>, quiet_progress: bool) -> Res {
 }
 
 async fn load(c: &Client, input: &PathBuf, quiet: bool) -> Res<u8> {
-    let mut file = std::fs::File::open(input)
-        .map_err(|e| Fail::new(1, format!("cannot open {}: {e}", input.display())))?;
+    // An OCI layout directory is sent as the tar of it (an OCI archive);
+    // a file is sent as it is.
+    let is_dir = std::fs::metadata(input)
+        .map_err(|e| Fail::new(1, format!("cannot open {}: {e}", input.display())))?
+        .is_dir();
+    let file = if is_dir {
+        None
+    } else {
+        Some(
+            std::fs::File::open(input)
+                .map_err(|e| Fail::new(1, format!("cannot open {}: {e}", input.display())))?,
+        )
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(8);
-    let reader = tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if tx
-                        .blocking_send(Ok(Frame::data(Bytes::copy_from_slice(&buf[..n]))))
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    break;
-                }
+    let dir = input.clone();
+    let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let mut out = std::io::BufWriter::with_capacity(256 * 1024, FrameWriter(tx.clone()));
+        let sent = match file {
+            Some(mut f) => std::io::copy(&mut f, &mut out)
+                .and_then(|_| out.flush())
+                .map_err(|e| format!("cannot read {}: {e}", dir.display())),
+            None => {
+                let mut b = tar::Builder::new(&mut out);
+                b.follow_symlinks(false);
+                b.append_dir_all("", &dir)
+                    .and_then(|()| b.into_inner())
+                    .and_then(|w| w.flush())
+                    .map_err(|e| format!("cannot archive the directory {}: {e}", dir.display()))
             }
+        };
+        if let Err(why) = &sent {
+            // Ends the upload with an error, so berthd imports nothing.
+            let _ = tx.blocking_send(Err(std::io::Error::other(why.clone())));
         }
+        sent
     });
     let body = receiver_body(rx).boxed();
     let path = format!("/images/load?quiet={}", u8::from(quiet));
-    let resp = c.call(Method::POST, &path, body).await?;
-    let _ = reader.await;
+    let resp = match c.call(Method::POST, &path, body).await {
+        Ok(r) => r,
+        // berthd's refusal says more than the upload it cut short.
+        Err(e @ ClientError::Api { .. }) => return Err(e.into()),
+        // A broken upload: the reader's failure says why.
+        Err(e) => match reader.await {
+            Ok(Err(why)) => return Err(Fail::new(1, why)),
+            _ => return Err(e.into()),
+        },
+    };
     json_messages(resp, quiet).await?;
     Ok(0)
+}
+
+/// Writes into a request body as data frames (from a blocking thread).
+struct FrameWriter(tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>);
+
+impl Write for FrameWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(Frame::data(Bytes::copy_from_slice(buf))))
+            .map_err(|_| std::io::Error::other("berthd stopped reading the upload"))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A request body fed by a reading thread.
