@@ -81,11 +81,17 @@ pub(super) async fn inspect(api: &Api, name: &str) -> Reply {
     )
 }
 
-/// `DELETE /images/{name}`: untags, and deletes what is no longer used.
-pub(super) async fn remove(api: &Api, name: &str, _q: &Query) -> Reply {
+/// `DELETE /images/{name}?force=`: untags, and deletes what is no longer
+/// used. As dockerd, removing the last name of an image a container (even
+/// a stopped one) was created from is a 409 unless `force`.
+pub(super) async fn remove(api: &Api, name: &str, q: &Query) -> Reply {
+    let force = q.bool("force", false);
     let m = api.manager().clone();
     let name = name.to_owned();
     let removed = blocking(move || {
+        if !force {
+            refuse_if_used(&m, &name)?;
+        }
         let in_use = m.layers_in_use();
         Ok(m.images().remove(&name, &in_use)?)
     })
@@ -103,6 +109,36 @@ pub(super) async fn remove(api: &Api, name: &str, _q: &Query) -> Reply {
         deleted: Some(d.to_string()),
     }));
     json(StatusCode::OK, &items)
+}
+
+/// A 409 when removing `name` would leave a container's image without a
+/// name: it names the image by id, or by its only tag.
+fn refuse_if_used(m: &crate::manager::Manager, name: &str) -> Result<(), ApiError> {
+    let img = m.images().resolve(name)?;
+    let id = img.id.to_string();
+    let Some(user) = m.list(true).into_iter().find(|c| c.image_id == id) else {
+        return Ok(());
+    };
+    let tags: usize = m
+        .images()
+        .list()
+        .iter()
+        .filter(|s| s.id == img.id)
+        .map(|s| s.tags.len())
+        .sum();
+    let by_tag = Reference::parse(name).is_ok_and(|r| {
+        let tag = r.normalized().to_string();
+        img.tags.iter().any(|t| t.to_string() == tag)
+    });
+    if by_tag && tags > 1 {
+        return Ok(());
+    }
+    Err(crate::manager::ManagerError::Conflict(format!(
+        "conflict: unable to remove image {name} (must force): container {} ({}) uses it",
+        &user.id[..12.min(user.id.len())],
+        user.name
+    ))
+    .into())
 }
 
 /// `POST /images/load`: the body is an archive (docker save, OCI archive,

@@ -56,7 +56,7 @@ enum Cmd {
         /// Images.
         #[arg(required = true)]
         images: Vec<String>,
-        /// Accepted for Docker compatibility.
+        /// Remove the last name of an image that containers use.
         #[arg(short, long)]
         force: bool,
     },
@@ -293,7 +293,7 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Res<u8> {
         Cmd::Load { input, quiet } => load(c, &input, quiet).await,
         Cmd::Pull { reference } => pull(c, &reference).await,
         Cmd::Images { quiet } => images(c, quiet).await,
-        Cmd::Rmi { images, .. } => rmi(c, &images).await,
+        Cmd::Rmi { images, force } => rmi(c, &images, force).await,
         Cmd::Run(args) => run(c, *args).await,
         Cmd::Ps { all, quiet } => ps(c, all, quiet).await,
         Cmd::Logs {
@@ -650,11 +650,12 @@ async fn images(c: &Client, quiet: bool) -> Res<u8> {
     Ok(0)
 }
 
-async fn rmi(c: &Client, images: &[String]) -> Res<u8> {
+async fn rmi(c: &Client, images: &[String], force: bool) -> Res<u8> {
     let mut rc = 0;
     for name in images {
+        let path = format!("/images/{name}?force={}", u8::from(force));
         match c
-            .json::<Vec<ImageDeleteItem>>(Method::DELETE, &format!("/images/{name}"), no_body())
+            .json::<Vec<ImageDeleteItem>>(Method::DELETE, &path, no_body())
             .await
         {
             Ok(items) => {
