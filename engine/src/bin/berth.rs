@@ -254,7 +254,10 @@ impl From<ClientError> for Fail {
 type Res<T = ()> = Result<T, Fail>;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let host = cli
         .host
         .clone()
@@ -285,6 +288,34 @@ fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+/// A bad command line is one line and exit code 125, as docker's; help
+/// and version are printed whole.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::from(if e.use_stderr() { 125 } else { 0 });
+    }
+    // clap's first paragraph is the error; tips and usage follow.
+    let text = e.render().to_string();
+    let first: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let line = first.join(" ");
+    eprintln!(
+        "berth: {} (see berth --help)",
+        line.strip_prefix("error: ").unwrap_or(&line)
+    );
+    ExitCode::from(125)
 }
 
 async fn dispatch(c: &Client, cmd: Cmd) -> Res<u8> {
