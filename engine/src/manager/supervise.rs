@@ -212,6 +212,23 @@ impl Inner {
                 "published ports need the bridge network".into(),
             ));
         }
+        let limits: Vec<&str> = [
+            ("memory", spec.memory.is_some()),
+            ("cpus", spec.cpus.is_some()),
+            ("pids", spec.pids.is_some()),
+        ]
+        .iter()
+        .filter_map(|(name, asked)| asked.then_some(*name))
+        .collect();
+        // Refused here rather than at start, so no container is left behind.
+        if !limits.is_empty() && !on_cgroup2(&this.opts.cgroup_parent) {
+            return Err(ManagerError::InvalidArgument(format!(
+                "cannot enforce the {} limit: {} is not on a cgroup v2 hierarchy, which berth \
+                 needs for limits (this host has cgroup v1 or a hybrid set-up)",
+                limits.join(" and "),
+                this.opts.cgroup_parent.display()
+            )));
+        }
         if let Some(h) = &spec.hostname {
             crate::runtime::spec::check_hostname(h)
                 .map_err(|e| ManagerError::InvalidArgument(e.to_string()))?;
@@ -580,11 +597,7 @@ impl Inner {
         let parent = &self.opts.cgroup_parent;
         // Without limits a cgroup is only used where cgroup v2 is there to
         // take it (not on a hybrid host's tmpfs).
-        let v2 = parent
-            .ancestors()
-            .find(|p| p.exists())
-            .is_some_and(|p| p.join("cgroup.controllers").is_file());
-        (limits || v2).then(|| parent.join(id))
+        (limits || on_cgroup2(parent)).then(|| parent.join(id))
     }
 
     fn mounts(&self, ctr: &Ctr) -> Result<Vec<LaunchMount>, ManagerError> {
@@ -1489,6 +1502,15 @@ fn mirror(ctr: &Arc<Ctr>, sink: super::ConsoleSink, starts: u64) {
         }
         let _ = lock(&sink).write_all(&line);
     }
+}
+
+/// Whether `parent` (or its nearest existing ancestor) is in a cgroup v2
+/// hierarchy.
+fn on_cgroup2(parent: &Path) -> bool {
+    parent
+        .ancestors()
+        .find(|p| p.exists())
+        .is_some_and(|p| p.join("cgroup.controllers").is_file())
 }
 
 /// The image a container was created from, by its id (config digest).
