@@ -577,10 +577,82 @@ fn docker_cli_drives_berthd() {
     assert_eq!(w.stdout.trim(), "7");
     d.docker(&["rm", "waiter"]).ok("docker rm waiter");
 
+    // logs --tail, exec -i, restart, kill -s, start.
+    d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "w",
+        "--network",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "trap 'echo usr1; exit 3' USR1; for i in 1 2 3; do echo l$i; done; \
+         while :; do sleep 0.2 & wait; done",
+    ])
+    .ok("docker run -d w");
+    wait_for("l3 in docker logs --tail 2", TIMEOUT, || {
+        let r = d.docker(&["logs", "--tail", "2", "w"]);
+        (r.stdout == "l2\nl3\n").then_some(())
+    });
+    let mut ei = d
+        .docker_cmd(&["exec", "-i", "w", "tr", "a-z", "A-Z"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    ei.stdin.take().unwrap().write_all(b"abc\n").unwrap();
+    let ei = Run::from(ei.wait_with_output().unwrap()).ok("docker exec -i");
+    assert_eq!(ei.stdout, "ABC\n");
+    let pid = d.inspect("w")["State"]["Pid"].clone();
+    d.docker(&["restart", "-t", "0", "w"]).ok("docker restart");
+    let v = d.inspect("w");
+    assert_eq!(v["State"]["Status"], "running");
+    assert_ne!(v["State"]["Pid"], pid);
+    // The trap is set once the loop runs, after the restart's l3.
+    wait_for("the restarted w to log again", TIMEOUT, || {
+        (d.docker(&["logs", "w"]).stdout.matches("l3").count() == 2).then_some(())
+    });
+    d.docker(&["kill", "-s", "USR1", "w"]).ok("docker kill -s");
+    let w = d.docker(&["wait", "w"]).ok("docker wait w");
+    assert_eq!(w.stdout.trim(), "3");
+    assert!(d.docker(&["logs", "w"]).stdout.ends_with("usr1\n"));
+    d.docker(&["start", "w"]).ok("docker start");
+    assert_eq!(d.status("w"), "running");
+    d.docker(&["rm", "-f", "w"]).ok("docker rm -f");
+
     // Errors are Docker's.
     let e = d.docker(&["inspect", "nosuch"]);
     assert_ne!(e.code, 0);
     assert!(e.stderr.contains("No such object: nosuch"), "{}", e.stderr);
+    let e = d.docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-m",
+        "64m",
+        "busybox",
+        "true",
+    ]);
+    assert_eq!(e.code, 125);
+    assert!(
+        e.stderr.contains("cannot enforce the memory limit"),
+        "{}",
+        e.stderr
+    );
+
+    let r = d.docker(&["rmi", "busybox"]).ok("docker rmi");
+    assert!(
+        r.stdout.contains("Untagged: busybox:latest"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        d.docker(&["images", "-q"]).ok("docker images -q").stdout,
+        ""
+    );
 }
 
 // ---------------------------------------------------------------- (b) berth CLI
