@@ -1317,8 +1317,33 @@ fn containers_survive_a_berthd_sigkill() {
     .ok("run -d survivor");
     d.logs_contain("survivor", "tick-2");
     let pid = d.inspect("survivor")["State"]["Pid"].as_i64().unwrap();
+    // Exits while berthd is down: its restart policy applies when berthd
+    // is back.
+    d.berth(&[
+        "run",
+        "-d",
+        "--name",
+        "phoenix",
+        "--restart",
+        "always",
+        "--network",
+        "none",
+        "-v",
+        &bind,
+        "busybox",
+        "sh",
+        "-c",
+        "echo boot; while [ ! -e /ctl/die ]; do sleep 0.1; done; rm /ctl/die; exit 1",
+    ])
+    .ok("run -d phoenix");
+    d.logs_contain("phoenix", "boot");
+    let phoenix_pid = d.inspect("phoenix")["State"]["Pid"].as_i64().unwrap();
 
     d.kill9();
+    fs::write(ctl.join("die"), "").unwrap();
+    wait_for("phoenix to exit while berthd is down", TIMEOUT, || {
+        (!Path::new(&format!("/proc/{phoenix_pid}")).exists()).then_some(())
+    });
     // While berthd is down the container goes on: wait for it to count
     // past what it had written, so lines are logged with no daemon.
     let count = |ctl: &Path| -> u64 {
@@ -1356,7 +1381,27 @@ fn containers_survive_a_berthd_sigkill() {
         assert_eq!(*l, format!("tick-{}", i + 1), "{logs}");
     }
 
+    wait_for("phoenix to be restarted", TIMEOUT, || {
+        let v = d.inspect("phoenix");
+        (v["State"]["Status"] == "running" && v["RestartCount"] == 1).then_some(())
+    });
+    assert_eq!(d.logs_contain("phoenix", "boot\nboot\n"), "boot\nboot\n");
+
+    // logs -f on a re-adopted container follows it to its end.
+    let mut follow = d
+        .berth_cmd(&["logs", "-f", "--tail", "0", "survivor"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(follow.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(first.starts_with("tick-"), "{first:?}");
     fs::write(ctl.join("stop"), "").unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert!(rest.ends_with("bye\n"), "{rest}");
+    assert!(follow.wait().unwrap().success());
     let w = d.berth(&["wait", "survivor"]).ok("wait after re-adoption");
     assert_eq!(w.stdout.trim(), "42");
     let v = d.inspect("survivor");
