@@ -793,6 +793,29 @@ fn berth_run_flags_reach_the_container() {
     ]);
     assert_eq!(r.stdout, "1|two words\n", "{}", r.stderr);
 
+    // A bare -e K passes the client's K, and nothing when it is unset.
+    let r = Run::from(
+        d.berth_cmd(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-e",
+            "FROM_CLIENT",
+            "-e",
+            "UNSET_HERE",
+            "busybox",
+            "sh",
+            "-c",
+            "echo \"$FROM_CLIENT|${UNSET_HERE-unset}\"",
+        ])
+        .env("FROM_CLIENT", "passed on")
+        .env_remove("UNSET_HERE")
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(r.stdout, "passed on|unset\n", "{}", r.stderr);
+
     let r = run(&["-w", "/tmp", "busybox", "pwd"]);
     assert_eq!(r.stdout, "/tmp\n", "{}", r.stderr);
 

@@ -138,7 +138,7 @@ enum Cmd {
         /// Keep stdin open and send it to the command.
         #[arg(short, long)]
         interactive: bool,
-        /// Environment (K=V).
+        /// Environment: K=V, or K to pass on this shell's value of K.
         #[arg(short, long)]
         env: Vec<String>,
         /// User.
@@ -172,7 +172,7 @@ struct RunArgs {
     /// Name.
     #[arg(long)]
     name: Option<String>,
-    /// Environment (K=V).
+    /// Environment: K=V, or K to pass on this shell's value of K.
     #[arg(short, long)]
     env: Vec<String>,
     /// Volume: NAME:/path or /host:/path, with :ro.
@@ -925,7 +925,7 @@ fn create_request(a: &RunArgs) -> Res<CreateRequest> {
         user: a.user.clone(),
         tty: Some(false),
         open_stdin: Some(false),
-        env: Some(a.env.clone()),
+        env: Some(client_env(&a.env)),
         cmd: (!a.cmd.is_empty()).then(|| a.cmd.clone()),
         entrypoint: a.entrypoint.as_ref().map(|e| vec![e.clone()]),
         image: Some(a.image.clone()),
@@ -947,6 +947,21 @@ fn create_request(a: &RunArgs) -> Res<CreateRequest> {
             tmpfs: Some(tmpfs),
         }),
     })
+}
+
+/// `-e` values as docker sends them: `K=V` as given; a bare `K` takes
+/// this process's value of K, and is left out when K is not set here.
+fn client_env(given: &[String]) -> Vec<String> {
+    given
+        .iter()
+        .filter_map(|e| {
+            if e.contains('=') {
+                Some(e.clone())
+            } else {
+                std::env::var_os(e).map(|v| format!("{e}={}", v.to_string_lossy()))
+            }
+        })
+        .collect()
 }
 
 /// Fail for `run`: daemon errors are 125, a command that cannot run 126/127.
@@ -1088,7 +1103,7 @@ async fn exec(
         attach_stderr: Some(true),
         tty: Some(false),
         cmd: Some(cmd),
-        env: Some(env),
+        env: Some(client_env(&env)),
         user,
         working_dir: workdir,
     };
