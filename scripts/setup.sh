@@ -4,7 +4,7 @@
 # Safe to run again: it only installs what is missing.
 set -eu
 
-PACKAGES="qemu-system-x86 ovmf busybox-static e2fsprogs cpio tini dumb-init dpkg-dev dnsmasq-base iproute2 util-linux musl-tools skopeo umoci"
+PACKAGES="qemu-system-x86 ovmf busybox-static e2fsprogs cpio tini dumb-init dpkg-dev dnsmasq-base iproute2 util-linux musl-tools skopeo umoci dhcpcd-base"
 
 missing=""
 for p in $PACKAGES; do

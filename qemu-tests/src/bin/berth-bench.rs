@@ -1,14 +1,25 @@
-//! `make bench`: sizes of the boot artifacts and binaries, and boot timings
-//! read from the guest's own console, as medians over several boots.
+//! `make bench`: sizes of the boot artifacts and binaries, boot timings
+//! read from the guest's own console, as medians over several boots, and
+//! netd against peer DHCP clients on the host (see `berth-bench/netd.rs`).
 //!
 //! Timings are guest uptime (CLOCK_BOOTTIME inside the VM) as init prints
 //! it, so they do not include QEMU's own start-up; the wall-clock columns do.
+//!
+//! `berth-bench [--only SECTION[,SECTION...]] [IMAGE_DIR]` runs some
+//! sections only (`sizes`, `boot`, `netd`), e.g. `--only netd` for numbers
+//! without booting a VM.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use qemu_tests::{accel, paths, Guest, Image};
+
+#[path = "berth-bench/netd.rs"]
+mod netd;
+
+/// The sections, in the order they run.
+const SECTIONS: [&str; 3] = ["sizes", "boot", "netd"];
 
 const BOOTS: usize = 5;
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -31,15 +42,57 @@ struct Boot {
     wall_power_off: u64,
 }
 
-fn main() -> Result<()> {
-    let image_dir = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| paths::workspace_dir().join("out/demo"));
-    let image = Image::from_dir(&image_dir)
-        .with_context(|| format!("no image in {} (run `make bench`)", image_dir.display()))?;
-    let accel = accel::accel().context("cannot choose an accelerator")?;
+/// The command line: which sections, which image.
+struct Args {
+    sections: Vec<String>,
+    image_dir: PathBuf,
+}
 
+fn parse_args() -> Result<Args> {
+    let mut sections: Vec<String> = SECTIONS.map(String::from).into();
+    let mut image_dir = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let only = match arg.strip_prefix("--only") {
+            Some("") => args.next().context("--only needs a list of sections")?,
+            Some(rest) if rest.starts_with('=') => rest[1..].to_string(),
+            Some(_) => bail!("unknown option {arg}"),
+            None if arg.starts_with('-') => bail!("unknown option {arg}"),
+            None => {
+                image_dir = Some(PathBuf::from(arg));
+                continue;
+            }
+        };
+        sections = only.split(',').map(str::to_string).collect();
+        if let Some(bad) = sections.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+            bail!(
+                "no bench section {bad:?}; the sections are {}",
+                SECTIONS.join(", ")
+            );
+        }
+    }
+    Ok(Args {
+        sections,
+        image_dir: image_dir.unwrap_or_else(|| paths::workspace_dir().join("out/demo")),
+    })
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let want = |s: &str| args.sections.iter().any(|x| x == s);
+    if want("sizes") {
+        sizes(&args.image_dir);
+    }
+    if want("boot") {
+        boot(&args.image_dir)?;
+    }
+    if want("netd") {
+        netd::run()?;
+    }
+    Ok(())
+}
+
+fn sizes(image_dir: &Path) {
     println!("berth bench: image {}", image_dir.display());
     println!();
     println!("{:<28} {:>12}", "artifact", "bytes");
@@ -57,7 +110,12 @@ fn main() -> Result<()> {
             None => println!("{name:<28} {:>12}", "absent"),
         }
     }
+}
 
+fn boot(image_dir: &Path) -> Result<()> {
+    let image = Image::from_dir(image_dir)
+        .with_context(|| format!("no image in {} (run `make bench`)", image_dir.display()))?;
+    let accel = accel::accel().context("cannot choose an accelerator")?;
     println!();
     println!("booting {BOOTS} times under {accel} ...");
     let mut boots = Vec::new();
