@@ -1311,6 +1311,63 @@ fn api_socket_ping_and_errors() {
     assert_eq!(v["ApiVersion"], "1.41");
 }
 
+/// berthd's open file descriptors on `path`.
+fn fds_on(pid: u32, path: &Path) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten()
+                .filter(|f| fs::read_link(f.path()).is_ok_and(|t| t == path))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn api_log_followers_that_leave_are_let_go() {
+    let d = Daemon::start();
+    d.load();
+    // Silent after one line: a follower gets nothing more to send.
+    d.berth(&[
+        "run",
+        "-d",
+        "--name",
+        "quiet",
+        "--network",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "echo once; while :; do sleep 1; done",
+    ])
+    .ok("run -d quiet");
+    d.logs_contain("quiet", "once");
+    let log = PathBuf::from(d.inspect("quiet")["LogPath"].as_str().unwrap());
+    let pid = d.child.as_ref().unwrap().id();
+    let mut followers = Vec::new();
+    for _ in 0..3 {
+        let mut s = UnixStream::connect(d.socket()).unwrap();
+        write!(
+            s,
+            "GET /v1.41/containers/quiet/logs?stdout=1&stderr=1&follow=1 HTTP/1.1\r\nHost: berth\r\n\r\n"
+        )
+        .unwrap();
+        let mut first = [0u8; 12];
+        s.read_exact(&mut first).unwrap();
+        assert!(first.starts_with(b"HTTP/1.1 200"), "{first:?}");
+        followers.push(s);
+    }
+    wait_for(
+        "berthd to hold the log open for 3 followers",
+        TIMEOUT,
+        || (fds_on(pid, &log) >= 3).then_some(()),
+    );
+    drop(followers);
+    wait_for("berthd to let go of the log", TIMEOUT, || {
+        (fds_on(pid, &log) == 0).then_some(())
+    });
+    assert_eq!(d.status("quiet"), "running");
+}
+
 // ---------------------------------------------------------------- (d) re-adoption
 
 #[test]

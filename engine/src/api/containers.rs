@@ -15,7 +15,7 @@ use super::{
     blocking, empty, json, json_body, stream_reply, Api, ApiError, ChannelBody, Query, Reply,
 };
 use crate::manager::{
-    ContainerInfo, CreateSpec, HealthStatus, LogEntry, LogOptions, Status, Stream, WaitCondition,
+    ContainerInfo, CreateSpec, HealthStatus, LogOptions, Status, Stream, WaitCondition,
 };
 use crate::units::HumanDuration;
 use crate::workload::{
@@ -636,13 +636,15 @@ fn log_options(q: &Query) -> Result<LogOptions, ApiError> {
 }
 
 /// Streams log entries, framed, into `tx` from a blocking task. Ends when
-/// the entries do or the client goes away.
+/// the entries do or the client goes away (noticed while following a
+/// silent container too).
 fn pump_logs(
-    entries: impl Iterator<Item = std::io::Result<LogEntry>>,
+    entries: crate::manager::LogStream,
     timestamps: bool,
     tx: tokio::sync::mpsc::Sender<Bytes>,
 ) {
-    for entry in entries {
+    let gone = tx.clone();
+    for entry in entries.cancel_when(move || gone.is_closed()) {
         let bytes = match entry {
             Ok(e) => {
                 let kind = match e.stream {

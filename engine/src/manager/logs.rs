@@ -400,6 +400,18 @@ impl LogStream {
         })
     }
 
+    /// Also ends a following stream once `cancelled` says so (the client
+    /// went away), after one last read, instead of only when the container
+    /// stops: a reader of a silent container would otherwise hold its
+    /// thread and the log file until the container's next line.
+    pub fn cancel_when(mut self, cancelled: impl Fn() -> bool + Send + 'static) -> LogStream {
+        if let Some(f) = &mut self.follow {
+            let still = std::mem::replace(&mut f.still_running, Box::new(|| false));
+            f.still_running = Box::new(move || !cancelled() && still());
+        }
+        self
+    }
+
     fn poll(&mut self) -> io::Result<bool> {
         let Some(f) = &mut self.follow else {
             return Ok(false);
