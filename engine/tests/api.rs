@@ -1368,6 +1368,61 @@ fn api_log_followers_that_leave_are_let_go() {
     assert_eq!(d.status("quiet"), "running");
 }
 
+fn threads_of(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |t| t.count())
+}
+
+#[test]
+fn api_waiters_that_leave_are_let_go() {
+    let d = Daemon::start();
+    d.load();
+    d.berth(&[
+        "run",
+        "-d",
+        "--name",
+        "long",
+        "--network",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "while :; do sleep 1; done",
+    ])
+    .ok("run -d long");
+    let pid = d.child.as_ref().unwrap().id();
+    // Each wait holds one of berthd's blocking threads while it waits.
+    let mut waiters = Vec::new();
+    for _ in 0..20 {
+        let mut s = UnixStream::connect(d.socket()).unwrap();
+        write!(
+            s,
+            "POST /v1.41/containers/long/wait?condition=next-exit HTTP/1.1\r\nHost: berth\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let mut first = [0u8; 12];
+        s.read_exact(&mut first).unwrap();
+        assert!(first.starts_with(b"HTTP/1.1 200"), "{first:?}");
+        waiters.push(s);
+    }
+    let busy = threads_of(pid);
+    assert!(busy >= 20, "{busy} threads for 20 waiters");
+    drop(waiters);
+    // Freed threads go back to tokio's pool, which ends idle ones after
+    // 10 s; waiters still stuck would keep theirs.
+    wait_for("berthd to free the waiters' threads", TIMEOUT, || {
+        (threads_of(pid) + 15 <= busy).then_some(())
+    });
+    // A waiter that stays still gets its answer.
+    let w = d
+        .berth_cmd(&["wait", "long"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    d.berth(&["kill", "long"]).ok("kill long");
+    let w = Run::from(w.wait_with_output().unwrap()).ok("wait long");
+    assert_eq!(w.stdout.trim(), "137");
+}
+
 // ---------------------------------------------------------------- (d) re-adoption
 
 #[test]

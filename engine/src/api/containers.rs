@@ -570,7 +570,10 @@ pub(super) async fn wait(api: &Api, id: &str, q: &Query) -> Reply {
     };
     let (tx, body) = ChannelBody::new();
     tokio::task::spawn_blocking(move || {
-        let answer = match m.wait(&id, condition) {
+        // A client that went away (the docker CLI interrupted) frees the
+        // thread instead of holding it until the container exits.
+        let gone = tx.clone();
+        let answer = match m.wait_cancellable(&id, condition, &move || gone.is_closed()) {
             Ok(code) => WaitResponse {
                 status_code: i64::from(code),
                 error: None,

@@ -554,7 +554,20 @@ impl Manager {
 
     /// `docker wait`: blocks until `condition`; the exit code.
     pub fn wait(&self, id_or_name: &str, condition: WaitCondition) -> Result<i32, ManagerError> {
-        self.inner.wait(id_or_name, condition, None)
+        self.inner.wait(id_or_name, condition, None, None)
+    }
+
+    /// [`Manager::wait`] that gives up (with a Conflict) once `cancelled`
+    /// says so, looked at a few times a second: for a waiter whose client
+    /// can go away.
+    pub fn wait_cancellable(
+        &self,
+        id_or_name: &str,
+        condition: WaitCondition,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<i32, ManagerError> {
+        self.inner
+            .wait(id_or_name, condition, None, Some(cancelled))
     }
 
     /// [`Manager::wait`] for at most `timeout`: a Conflict when it passes.
@@ -564,7 +577,7 @@ impl Manager {
         condition: WaitCondition,
         timeout: Duration,
     ) -> Result<i32, ManagerError> {
-        self.inner.wait(id_or_name, condition, Some(timeout))
+        self.inner.wait(id_or_name, condition, Some(timeout), None)
     }
 
     /// `docker logs`: an iterator of entries; with `follow` it blocks for

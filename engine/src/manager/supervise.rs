@@ -45,6 +45,8 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
 pub const STABLE_RUN: Duration = Duration::from_secs(10);
 /// How long a monitor may take to set a container up.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a cancellable wait checks whether its waiter went away.
+const CANCEL_POLL: Duration = Duration::from_millis(250);
 /// Health check results kept.
 const HEALTH_LOG: usize = 5;
 /// Output kept per health check.
@@ -978,6 +980,7 @@ impl Inner {
         key: &str,
         cond: WaitCondition,
         timeout: Option<Duration>,
+        cancelled: Option<&dyn Fn() -> bool>,
     ) -> Result<i32, ManagerError> {
         let ctr = self.find(key)?;
         let deadline = timeout.map(|t| Instant::now() + t);
@@ -992,11 +995,22 @@ impl Inner {
             if done {
                 return Ok(live.rec.exit_code.unwrap_or(0));
             }
+            if cancelled.is_some_and(|c| c()) {
+                return Err(ManagerError::Conflict(format!(
+                    "the wait for container {} was cancelled",
+                    ctr.config.name
+                )));
+            }
+            // A cancellable wait looks at `cancelled` a few times a second.
+            let deadline = match (deadline, cancelled) {
+                (None, Some(_)) => Some(Instant::now() + CANCEL_POLL),
+                (d, _) => d,
+            };
             live = match deadline {
                 None => ctr.cv.wait(live).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
+                    if left.is_zero() && timeout.is_some() {
                         return Err(ManagerError::Conflict(format!(
                             "container {} did not reach the wait condition in time",
                             ctr.config.name
