@@ -1241,9 +1241,16 @@ fn berth_errors_are_one_line() {
         .unwrap();
     Run::from(other).fails_with("ps without a daemon", "is berthd running?");
     // An image the store does not have (no registry is reachable here).
-    let r = d.berth(&["run", "--network", "none", "127.0.0.1:9/nosuch:1", "true"]);
-    assert_eq!(r.code, 125, "{}", r.stderr);
-    assert!(r.stderr.contains("nosuch"), "{}", r.stderr);
+    let r = d
+        .berth(&["run", "--network", "none", "127.0.0.1:9/nosuch:1", "true"])
+        .fails_with("run of an unknown image", "cannot be pulled");
+    assert_eq!(r.code, 125);
+    assert!(
+        r.stderr.contains("no such image: 127.0.0.1:9/nosuch:1"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stdout, "");
     let r = d.berth(&["inspect", "nosuch:1"]);
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("nosuch"), "{}", r.stderr);

@@ -431,13 +431,30 @@ async fn version(c: &Client) -> Res<u8> {
     Ok(0)
 }
 
+/// Where a JSON message stream's `stream`/`status` lines go.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Messages {
+    /// stdout (`load`, `pull`), progress bars on a terminal too.
+    Stdout,
+    /// stdout without progress bars (`load -q`).
+    StdoutQuiet,
+    /// stderr, and only on a terminal: `run`'s own pull must not mix
+    /// with the container's output, nor add lines to its one-line error.
+    TerminalOnly,
+}
+
 /// Reads a JSON message stream, printing `stream`/`status` lines; an
 /// `error` ends it with a failure.
-async fn json_messages(resp: Response<Incoming>, quiet_progress: bool) -> Res {
+async fn json_messages(resp: Response<Incoming>, to: Messages) -> Res {
     let mut body = resp.into_body();
     let mut buf: Vec<u8> = Vec::new();
     let tty = std::io::stderr().is_terminal();
-    let mut out = std::io::stdout();
+    let quiet_progress = to == Messages::StdoutQuiet;
+    let mut out: Box<dyn Write> = match to {
+        Messages::Stdout | Messages::StdoutQuiet => Box::new(std::io::stdout()),
+        Messages::TerminalOnly if tty => Box::new(std::io::stderr()),
+        Messages::TerminalOnly => Box::new(std::io::sink()),
+    };
     while let Some(frame) = body.frame().await {
         let frame =
             frame.map_err(|e| Fail::new(1, format!("the connection to berthd broke: {e}")))?;
@@ -530,7 +547,12 @@ async fn load(c: &Client, input: &PathBuf, quiet: bool) -> Res<u8> {
             _ => return Err(e.into()),
         },
     };
-    json_messages(resp, quiet).await?;
+    let to = if quiet {
+        Messages::StdoutQuiet
+    } else {
+        Messages::Stdout
+    };
+    json_messages(resp, to).await?;
     Ok(0)
 }
 
@@ -568,13 +590,17 @@ impl hyper::body::Body for RecvStream<Result<Frame<Bytes>, std::io::Error>> {
 }
 
 async fn pull(c: &Client, reference: &str) -> Res<u8> {
+    pull_to(c, reference, Messages::Stdout).await
+}
+
+async fn pull_to(c: &Client, reference: &str, to: Messages) -> Res<u8> {
     let (name, tag) = split_tag(reference);
     let mut path = format!("/images/create?fromImage={}", encode(&name));
     if let Some(t) = tag {
         path.push_str(&format!("&tag={}", encode(&t)));
     }
     let resp = c.call(Method::POST, &path, no_body()).await?;
-    json_messages(resp, false).await?;
+    json_messages(resp, to).await?;
     Ok(0)
 }
 
@@ -988,10 +1014,17 @@ async fn run(c: &Client, a: RunArgs) -> Res<u8> {
             message,
             ..
         }) if message.contains("image") => {
-            eprintln!("Unable to find image '{}' locally", a.image);
-            pull(c, &a.image)
+            if std::io::stderr().is_terminal() {
+                eprintln!("Unable to find image '{}' locally", a.image);
+            }
+            pull_to(c, &a.image, Messages::TerminalOnly)
                 .await
-                .map_err(|f| Fail::new(125, f.message))?;
+                .map_err(|f| {
+                    Fail::new(
+                        125,
+                        format!("{message}, and it cannot be pulled: {}", f.message),
+                    )
+                })?;
             c.json(Method::POST, &create_path, json_body(&req))
                 .await
                 .map_err(run_fail)?
