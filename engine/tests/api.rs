@@ -1119,6 +1119,44 @@ fn berth_foreground_run_reports_signals_and_restarts() {
     d.berth(&["kill", "victim"])
         .fails_with("kill of a stopped container", "victim");
 
+    // SIGTERM to a foreground berth run goes to the container (docker's
+    // sig-proxy): its trap runs and run exits with the trap's code.
+    let mut fg = d
+        .berth_cmd(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "busybox",
+            "sh",
+            "-c",
+            "trap 'echo term; exit 7' TERM; echo ready; while :; do sleep 0.1 & wait; done",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let berth_pid = fg.id();
+    // berth catches SIGTERM once it proxies signals (SigCgt bit 15).
+    wait_for("berth run to catch SIGTERM", TIMEOUT, || {
+        let status = fs::read_to_string(format!("/proc/{berth_pid}/status")).ok()?;
+        let caught = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+        let mask = u64::from_str_radix(caught.trim(), 16).ok()?;
+        (mask & (1 << (libc::SIGTERM - 1)) != 0).then_some(())
+    });
+    let mut out = BufReader::new(fg.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert_eq!(first, "ready\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(berth_pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "term\n");
+    assert_eq!(fg.wait().unwrap().code(), Some(7));
+
     // --restart on-failure:2 runs it three times in all.
     d.berth(&[
         "run",
