@@ -206,6 +206,8 @@ fn host(signals: &SignalFd) -> Outcome {
 /// Mounts `/proc`, `/sys` and `/dev`, makes sure fds 0-2 are the console,
 /// says hello, then mounts the rest.
 fn mount_early() {
+    // Before any other mount, so the bind carries nothing along.
+    let left = mounts::leave_rootfs();
     let specs = mounts::early_mounts();
     let (first, rest) = specs.split_at(3.min(specs.len()));
     for spec in first {
@@ -216,6 +218,11 @@ fn mount_early() {
     logger::ensure_console_fds();
     logger::attach_kmsg();
     log::info!(target: MILESTONE, "init started uptime_ms={}", uptime().as_millis());
+    match left {
+        Ok(true) => log::debug!("/ is a bind mount of the initramfs (containers can pivot_root)"),
+        Ok(false) => {}
+        Err(e) => log::error!("{e}; containers will fail to pivot_root"),
+    }
     for spec in rest {
         if let Err(e) = mounts::mount_one(spec) {
             log::error!("{}", logger::chain(&e));
@@ -358,7 +365,12 @@ fn daemon_specs(manifest: &Manifest) -> Vec<DaemonSpec> {
         (BERTHD, Duration::from_secs(60)),
     ] {
         if PathBuf::from(path).exists() {
-            specs.push(DaemonSpec::new(path, config.clone(), timeout));
+            let mut args = config.clone();
+            if path == BERTHD {
+                // The workloads' output on the console, `name | line`.
+                args.push("--console-logs".to_string());
+            }
+            specs.push(DaemonSpec::new(path, args, timeout));
         } else {
             log::info!("{path} is not installed");
         }

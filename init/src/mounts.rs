@@ -11,6 +11,51 @@ pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// Where the engine keeps its state: the `berth-data` disk, or a tmpfs.
 pub const DATA_DIR: &str = "/var/lib/berth";
 
+/// Where the initramfs is bound while it is moved over `/`.
+const ROOT_BIND: &str = "/.berth-root";
+
+/// Puts a bind mount of the initramfs over `/` and enters it, when `/` is
+/// the kernel's own rootfs (ramfs or tmpfs): rootfs is the one mount with
+/// no parent, and `pivot_root(2)` refuses to move a root that has none, so
+/// without this no container could pivot into its rootfs. Same files, same
+/// memory; only the mount changes. Returns whether it did anything. Runs
+/// first, before anything else is mounted.
+pub fn leave_rootfs() -> Result<bool, String> {
+    use nix::sys::statfs::{statfs, FsType, TMPFS_MAGIC};
+    // linux/magic.h; nix names tmpfs's but not ramfs's.
+    const RAMFS_MAGIC: FsType = FsType(0x8584_58f6);
+    let fs = statfs("/").map_err(|e| format!("cannot statfs /: {e}"))?;
+    if fs.filesystem_type() != RAMFS_MAGIC && fs.filesystem_type() != TMPFS_MAGIC {
+        return Ok(false);
+    }
+    let step = |what: &str, r: nix::Result<()>| r.map_err(|e| format!("cannot {what}: {e}"));
+    match std::fs::create_dir(ROOT_BIND) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create {ROOT_BIND}: {e}")),
+    }
+    step(
+        &format!("bind / on {ROOT_BIND}"),
+        mount(
+            Some("/"),
+            ROOT_BIND,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        ),
+    )?;
+    step(&format!("enter {ROOT_BIND}"), nix::unistd::chdir(ROOT_BIND))?;
+    step(
+        &format!("move {ROOT_BIND} to /"),
+        mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>),
+    )?;
+    step("chroot into the moved root", nix::unistd::chroot("."))?;
+    step("enter /", nix::unistd::chdir("/"))?;
+    // The directory the bind sat on is visible (empty) in the new root.
+    let _ = std::fs::remove_dir(ROOT_BIND);
+    Ok(true)
+}
+
 /// A mount step that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
