@@ -40,6 +40,10 @@ struct Args {
     /// Do not set up the bridge network (containers use host or none).
     #[arg(long)]
     no_bridge: bool,
+    /// Copies every container's output to stderr as `name | line` (init
+    /// passes it, so workloads show on the appliance's console).
+    #[arg(long)]
+    console_logs: bool,
 }
 
 struct Logger;
@@ -130,6 +134,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     opts.run_dir = run_dir;
     if args.no_bridge {
         opts.bridge = None;
+    }
+    if args.console_logs {
+        let sink: engine::manager::ConsoleSink = Arc::new(std::sync::Mutex::new(std::io::stderr()));
+        opts.console_logs = Some(sink);
     }
     let manager = Manager::open(opts)
         .with_context(|| format!("cannot open berth's state in {}", args.root.display()))?;

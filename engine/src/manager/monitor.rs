@@ -245,18 +245,22 @@ pub fn run(launch_path: &Path) -> i32 {
     drop(reader);
     drop(control);
 
-    let exit = match container.wait() {
+    let waited = container.wait();
+    let oom_killed = container.oom_killed();
+    let exit = match waited {
         Ok(s) => ExitRecord {
             code: s.code,
             signal: s.signal,
             finished_at: SystemTime::now(),
             error: None,
+            oom_killed,
         },
         Err(e) => ExitRecord {
             code: 255,
             signal: None,
             finished_at: SystemTime::now(),
             error: Some(chain(&e)),
+            oom_killed,
         },
     };
     // PID 1 is gone, so is its pid namespace and every writer of the pipes:

@@ -176,6 +176,9 @@ pub struct ExitRecord {
     pub finished_at: SystemTime,
     /// A failure (set-up, lost contact) rather than a normal exit.
     pub error: Option<String>,
+    /// The kernel's OOM killer killed a process of the container's cgroup.
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 /// The monitor's record of the current run: `containers/<id>/monitor.json`.

@@ -476,6 +476,8 @@ impl Inner {
                 self.detach(ctr);
             }
         };
+        // Nothing the container writes can be stamped earlier than this.
+        let before_start = SystemTime::now();
         if let Err(e) = monitor::send(&mut ours, &ToMonitor::Start) {
             abort(&mut child);
             detach();
@@ -537,7 +539,7 @@ impl Inner {
             ctr.cv.notify_all();
             live.starts
         };
-        self.spawn_run_threads(ctr, Watch::Child(child), starts);
+        self.spawn_run_threads(ctr, Watch::Child(child), starts, Some(before_start));
         Ok(())
     }
 
@@ -680,7 +682,15 @@ impl Inner {
 
     // ---- watching a run --------------------------------------------------------
 
-    fn spawn_run_threads(&self, ctr: &Arc<Ctr>, watch: Watch, starts: u64) {
+    /// `since`: when the run was started (its console mirror begins
+    /// there); `None` for a re-adopted run, mirrored from now on.
+    fn spawn_run_threads(
+        &self,
+        ctr: &Arc<Ctr>,
+        watch: Watch,
+        starts: u64,
+        since: Option<SystemTime>,
+    ) {
         let Some(me) = self.arc() else { return };
         {
             let me = me.clone();
@@ -695,7 +705,7 @@ impl Inner {
         if let Some(sink) = &self.opts.console_logs {
             let sink = sink.clone();
             let ctr = ctr.clone();
-            std::thread::spawn(move || mirror(&ctr, sink, starts));
+            std::thread::spawn(move || mirror(&ctr, sink, starts, since));
         }
     }
 
@@ -726,12 +736,21 @@ impl Inner {
                         _ => format!("see {}", ctr.dir.join("monitor.log").display()),
                     }
                 )),
+                oom_killed: false,
             },
         };
         self.on_exit(ctr, exit);
     }
 
     fn on_exit(&self, ctr: &Arc<Ctr>, exit: ExitRecord) {
+        let name = &ctr.config.name;
+        if exit.oom_killed {
+            log::warn!(target: "manager", "container {name}: out of memory: the kernel's OOM killer ended it (exit code {})", exit.code);
+        } else if let Some(e) = &exit.error {
+            log::warn!(target: "manager", "container {name}: {e}");
+        } else {
+            log::info!(target: "manager", "container {name} exited with code {}", exit.code);
+        }
         let policy = ctr.config.spec.restart;
         let (restart, delay, gen) = {
             let mut live = lock(&ctr.live);
@@ -740,6 +759,7 @@ impl Inner {
             live.rec.exit_code = Some(exit.code);
             live.rec.finished_at = Some(exit.finished_at);
             live.rec.error = exit.error.clone();
+            live.rec.oom_killed = exit.oom_killed;
             live.rec.ip = None;
             live.ip = None;
             live.exits += 1;
@@ -1321,7 +1341,7 @@ impl Inner {
                             live.starts
                         };
                         log::info!(target: "manager", "re-adopted running container {}", ctr.config.name);
-                        self.spawn_run_threads(ctr, Watch::Pid(m.monitor_pid), starts);
+                        self.spawn_run_threads(ctr, Watch::Pid(m.monitor_pid), starts, None);
                     }
                     None => {
                         lock(&ctr.live).run = None;
@@ -1335,6 +1355,7 @@ impl Inner {
                                     "container {} and its monitor were gone when berthd started (was the machine restarted?)",
                                     ctr.config.name
                                 )),
+                                oom_killed: false,
                             },
                         );
                     }
@@ -1494,7 +1515,7 @@ fn info(ctr: &Ctr) -> ContainerInfo {
 }
 
 /// Copies a run's log lines to the console sink, prefixed by the name.
-fn mirror(ctr: &Arc<Ctr>, sink: super::ConsoleSink, starts: u64) {
+fn mirror(ctr: &Arc<Ctr>, sink: super::ConsoleSink, starts: u64, since: Option<SystemTime>) {
     let watched = ctr.clone();
     let still = Box::new(move || {
         let live = lock(&watched.live);
@@ -1502,7 +1523,8 @@ fn mirror(ctr: &Arc<Ctr>, sink: super::ConsoleSink, starts: u64) {
     });
     let opts = LogOptions {
         follow: true,
-        tail: Some(0),
+        tail: since.is_none().then_some(0),
+        since,
         ..LogOptions::default()
     };
     let Ok(stream) = LogStream::open(&ctr.log_path(), 1, opts, still) else {

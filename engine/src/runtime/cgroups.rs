@@ -241,6 +241,19 @@ fn enable(dir: &Path, needed: &[(&str, &'static str)]) -> Result<(), CgroupError
     Ok(())
 }
 
+/// How many times the kernel's OOM killer killed a process of the cgroup
+/// at `path` (`oom_kill` in `memory.events`); 0 when it cannot tell.
+pub fn oom_kills(path: &Path) -> u64 {
+    fs::read_to_string(path.join("memory.events"))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// Kills the processes of a cgroup and removes it; a missing one is fine.
 pub fn remove_dir(path: &Path) -> Result<(), CgroupError> {
     if !path.exists() {

@@ -45,7 +45,7 @@ pub mod user;
 use std::fs;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -416,6 +416,7 @@ impl ContainerBuilder {
                 pidfd: None,
                 status: Mutex::new(None),
                 cgroup: Mutex::new(cgroup),
+                oom_kills: AtomicU64::new(0),
             },
             chan: parent,
             pty_master: None,
@@ -531,6 +532,8 @@ struct Handle {
     pidfd: Option<OwnedFd>,
     status: Mutex<Option<ExitStatus>>,
     cgroup: Mutex<Option<Cgroup>>,
+    /// The cgroup's OOM kills, read just before it was removed.
+    oom_kills: AtomicU64,
 }
 
 impl Handle {
@@ -619,6 +622,8 @@ impl Handle {
     fn remove_cgroup(&self) {
         let cgroup = self.cgroup.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(cg) = cgroup {
+            self.oom_kills
+                .store(cgroups::oom_kills(cg.path()), Ordering::SeqCst);
             if let Err(e) = cg.remove() {
                 log::warn!(target: "runtime", "container {}: {}", self.id, process::chain(&e));
             }
@@ -735,6 +740,12 @@ impl Container {
             Err(e) => return Err(e),
         }
         self.wait()
+    }
+
+    /// Whether the kernel's OOM killer killed a process of the container's
+    /// cgroup (known once it was waited for, as the cgroup goes then).
+    pub fn oom_killed(&self) -> bool {
+        self.handle.oom_kills.load(Ordering::SeqCst) > 0
     }
 
     /// What an exec into this container needs (also after a re-adoption).
