@@ -33,7 +33,13 @@ pub enum ImageError {
     /// `--without` names something that is not an optional binary.
     #[error("--without {0:?}: only optional binaries can be left out ({1})")]
     Without(String, String),
+    /// `--image` names something berthd would not load.
+    #[error("--image {0}: {1}")]
+    BadImage(PathBuf, &'static str),
 }
+
+/// Where baked image archives go; berthd loads every archive there at start.
+pub const IMAGES_DIR: &str = "usr/share/berth/images";
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -50,6 +56,8 @@ pub struct Request {
     pub includes: Vec<Include>,
     /// Optional binaries to leave out (`berth-netd`, `berthd`, `berth`).
     pub without: Vec<String>,
+    /// Image archives (docker save, OCI) baked in for berthd to load.
+    pub images: Vec<PathBuf>,
     /// The mtime of every archive entry.
     pub mtime: u32,
 }
@@ -65,6 +73,8 @@ pub struct Report {
     pub skipped: Vec<String>,
     /// Binaries taken from the bin dir, by image path.
     pub binaries: Vec<String>,
+    /// Image archives baked in, by image path.
+    pub images: Vec<String>,
     /// Size of `initrd.img` in bytes.
     pub initrd_bytes: u64,
 }
@@ -116,6 +126,33 @@ pub fn build(req: &Request) -> Result<Report, ImageError> {
         extras.push((inc, dest));
     }
 
+    let mut extras_images = Vec::new();
+    let mut images = Vec::new();
+    for src in &req.images {
+        let name = src.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if ![".tar", ".tar.gz", ".tgz", ".tar.zst"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
+        {
+            return Err(ImageError::BadImage(
+                src.clone(),
+                "name an archive ending in .tar, .tar.gz, .tgz or .tar.zst (docker save or OCI)",
+            ));
+        }
+        if !std::fs::metadata(src).is_ok_and(|m| m.is_file()) {
+            return Err(ImageError::BadImage(src.clone(), "no such file"));
+        }
+        let dest = format!("{IMAGES_DIR}/{name}");
+        if images.contains(&format!("/{dest}")) {
+            return Err(ImageError::BadImage(
+                src.clone(),
+                "another --image has the same file name",
+            ));
+        }
+        extras_images.push((src.clone(), dest.clone()));
+        images.push(format!("/{dest}"));
+    }
+
     let kernel = kernel::resolve(&req.kernel)?;
     let modules = ModuleTree::open(&kernel.modules, &kernel.release)?;
     let required: Vec<String> = manifest
@@ -147,6 +184,9 @@ pub fn build(req: &Request) -> Result<Report, ImageError> {
         0o644,
         "the module index",
     )?;
+    for (src, dest) in extras_images {
+        tree.add_host(&src, &dest, &format!("--image {}", src.display()))?;
+    }
     for (inc, dest) in extras {
         let origin = format!("--include {}:{}", inc.src.display(), inc.dest);
         tree.add_host(&inc.src, &dest, &origin)?;
@@ -168,6 +208,7 @@ pub fn build(req: &Request) -> Result<Report, ImageError> {
         modules: selection.modules.len(),
         skipped: selection.skipped,
         binaries,
+        images,
         initrd_bytes,
     })
 }

@@ -69,6 +69,10 @@ enum Command {
         /// image, e.g. to put your own at its path with --include.
         #[arg(long, value_name = "NAME")]
         without: Vec<String>,
+        /// Bakes an image archive (docker save, OCI archive; .tar, .tar.gz,
+        /// .tar.zst) into the image; berthd loads it at boot (repeatable).
+        #[arg(long, value_name = "FILE")]
+        image: Vec<PathBuf>,
     },
     /// Boots DIR (made by `build`) in QEMU with the serial console on stdio.
     Run {
@@ -101,6 +105,11 @@ enum Command {
         /// Power the guest off cleanly once its console shows `berth: ready` (CI, scripted demos).
         #[arg(long)]
         power_off_when_ready: bool,
+        /// Runs a host shell command once the guest is ready (e.g. `curl` a
+        /// forwarded port); with --power-off-when-ready, powers off after
+        /// it, and a failing command makes the run fail.
+        #[arg(long, value_name = "COMMAND")]
+        when_ready: Option<String>,
     },
     /// Prints the accelerator `run --accel auto` uses: kvm or tcg.
     Accel {
@@ -147,6 +156,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             bin_dir,
             include,
             without,
+            image,
         } => {
             let kernel = match (kernel, modules, kernel_deb) {
                 (Some(image), Some(modules), None) => kernel::Source::Files { image, modules },
@@ -172,6 +182,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     .map(|s| s.parse())
                     .collect::<Result<_, _>>()?,
                 without,
+                images: image,
                 mtime: source_date_epoch()?,
             };
             let report = image::build(&request)?;
@@ -182,12 +193,17 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 );
             }
             eprintln!(
-                "berth-build: wrote {}: kernel {}, {} modules, {} ({}), initrd.img {} KiB",
+                "berth-build: wrote {}: kernel {}, {} modules, {} ({}){}, initrd.img {} KiB",
                 request.out.display(),
                 report.release,
                 report.modules,
                 report.binaries.join(" "),
                 request.bin_dir.display(),
+                if report.images.is_empty() {
+                    String::new()
+                } else {
+                    format!(", images {}", report.images.join(" "))
+                },
                 report.initrd_bytes.div_ceil(1024)
             );
             Ok(ExitCode::SUCCESS)
@@ -203,6 +219,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             qmp,
             no_reboot,
             power_off_when_ready,
+            when_ready,
         } => {
             let options = qemu::Options {
                 dir,
@@ -218,6 +235,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 qmp,
                 no_reboot,
                 power_off_when_ready,
+                when_ready,
             };
             let status = qemu::run(&options)?;
             Ok(ExitCode::from(

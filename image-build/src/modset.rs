@@ -29,7 +29,10 @@ pub const COLDPLUG_PROFILE: &[&str] = &[
     "bridge",
     "nf_tables",
     "nft_chain_nat",
+    "nft_nat",
     "nft_masq",
+    "nft_ct",
+    "nft_fib_ipv4",
     "isofs", // iso9660
     "sr_mod",
     "e1000",
@@ -501,6 +504,10 @@ mod tests {
         // The whole profile resolves on Debian's kernel, ext4 with its crc32c.
         let sel = select(&tree, &dir, &[], COLDPLUG_PROFILE).unwrap();
         assert_eq!(sel.skipped, Vec::<String>::new());
+        // Everything the container bridge loads is in the image.
+        for m in netd::bridge::REQUIRED_MODULES {
+            assert!(sel.modules.contains_key(*m), "{m} is not in the image");
+        }
         assert!(sel.modules["ext4"]
             .depends
             .contains(&"crc32c_generic".to_string()));

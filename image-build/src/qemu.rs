@@ -123,8 +123,12 @@ pub struct Options {
     pub qmp: Option<PathBuf>,
     /// End QEMU on a guest reboot instead of restarting the machine.
     pub no_reboot: bool,
-    /// Press the power button once the console shows `berth: ready`.
+    /// Press the power button once the console shows `berth: ready` (and
+    /// the `when_ready` command, if any, has finished).
     pub power_off_when_ready: bool,
+    /// A host shell command run once the console shows `berth: ready`
+    /// (e.g. fetching a page through a forwarded port).
+    pub when_ready: Option<String>,
 }
 
 /// The console line init prints once everything declared runs.
@@ -310,11 +314,25 @@ pub fn run(opts: &Options) -> Result<ExitStatus, RunError> {
     // a socket pair, so the loop polls one more fd instead of sharing state.
     let (ready_rx, ready_tx) = UnixStream::pair().map_err(RunError::Spawn)?;
     if let Some(console) = child.stdout.take() {
-        let watch = opts.power_off_when_ready;
+        let watch = opts.power_off_when_ready || opts.when_ready.is_some();
         std::thread::spawn(move || copy_console(console, ready_tx, watch));
     }
 
-    watch(&mut child, &signals, &ready_rx, &listener)
+    let status = watch(&mut child, &signals, &ready_rx, &listener, opts)?;
+    // A failed --when-ready command fails the run even if the guest shut
+    // down cleanly: that is what scripted checks rely on.
+    Ok(match status.hook {
+        Some(h) if !h.success() && status.qemu.success() => h,
+        _ => status.qemu,
+    })
+}
+
+/// How a run ended.
+struct Ended {
+    /// QEMU's exit status.
+    qemu: ExitStatus,
+    /// The `--when-ready` command's, if it ran to the end.
+    hook: Option<ExitStatus>,
 }
 
 /// How often the power button is pressed again while the guest has not
@@ -352,8 +370,11 @@ fn watch(
     signals: &SignalFd,
     ready_rx: &UnixStream,
     listener: &qmp::Listener,
-) -> Result<ExitStatus, RunError> {
+    opts: &Options,
+) -> Result<Ended, RunError> {
     let mut stop = Stop::Running;
+    let mut hook: Option<std::process::Child> = None;
+    let mut hook_status: Option<ExitStatus> = None;
     let mut session: Option<qmp::Session> = None;
     let mut console_open = true;
     let kill = |child: &mut std::process::Child, why: &str| {
@@ -363,7 +384,15 @@ fn watch(
     };
     loop {
         if let Some(status) = child.try_wait().map_err(RunError::Spawn)? {
-            return Ok(status);
+            if let Some(mut h) = hook.take() {
+                // The guest is gone: whatever the command waits for is too.
+                let _ = h.kill();
+                let _ = h.wait();
+            }
+            return Ok(Ended {
+                qemu: status,
+                hook: hook_status,
+            });
         }
         let timeout = match stop {
             Stop::PoweringOff {
@@ -408,6 +437,17 @@ fn watch(
                 _ => {}
             }
         }
+        // After the poll, which SIGCHLD wakes: a finished command is acted
+        // on in this same pass.
+        let mut hook_done = false;
+        if let Some(h) = hook.as_mut() {
+            if let Ok(Some(status)) = h.try_wait() {
+                eprintln!("berth-build: --when-ready command {status}");
+                hook_status = Some(status);
+                hook = None;
+                hook_done = true;
+            }
+        }
         let interrupted = sigint || terminate;
         let now = Instant::now();
         stop = match stop {
@@ -437,33 +477,77 @@ fn watch(
                 ),
                 None => kill(child, "lost the QMP connection"),
             },
-            Stop::Running if interrupted || guest_ready => {
-                if guest_ready && !interrupted {
+            Stop::Running if guest_ready && !interrupted && opts.when_ready.is_some() => {
+                match opts.when_ready.as_deref().map(spawn_hook) {
+                    Some(Ok(h)) => hook = Some(h),
+                    Some(Err(e)) => {
+                        eprintln!("berth-build: cannot run the --when-ready command: {e}");
+                        hook_status = Some(ExitStatus::from_raw(127 << 8));
+                        hook_done = true;
+                    }
+                    None => {}
+                }
+                if hook_done && opts.power_off_when_ready {
+                    power_off(child, listener, &mut session, now)
+                } else {
+                    Stop::Running
+                }
+            }
+            Stop::Running
+                if interrupted
+                    || (opts.power_off_when_ready
+                        && (hook_done || (guest_ready && opts.when_ready.is_none()))) =>
+            {
+                if !interrupted {
                     eprintln!("berth-build: the guest is ready; powering it off");
                 }
-                let pressed = listener.accept().and_then(|mut s| {
-                    s.powerdown()?;
-                    session = Some(s);
-                    Ok(())
-                });
-                match pressed {
-                    Ok(()) => {
-                        eprintln!(
-                            "berth-build: asked the guest to power off (waiting up to {}s; \
-                             Ctrl-C again kills QEMU)",
-                            POWERDOWN_GRACE.as_secs()
-                        );
-                        Stop::PoweringOff {
-                            since: now,
-                            deadline: now + POWERDOWN_GRACE,
-                            repress: now + REPRESS_INTERVAL,
-                        }
-                    }
-                    Err(e) => kill(child, &format!("cannot ask the guest to power off: {e}")),
-                }
+                power_off(child, listener, &mut session, now)
             }
             other => other,
         };
+    }
+}
+
+/// Runs the `--when-ready` command with `sh -c`, its output on ours.
+fn spawn_hook(command: &str) -> std::io::Result<std::process::Child> {
+    eprintln!("berth-build: the guest is ready; running: {command}");
+    std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(Stdio::null())
+        .spawn()
+}
+
+/// Presses the guest's power button over QMP, or kills QEMU if it cannot.
+fn power_off(
+    child: &mut std::process::Child,
+    listener: &qmp::Listener,
+    session: &mut Option<qmp::Session>,
+    now: Instant,
+) -> Stop {
+    let pressed = listener.accept().and_then(|mut s| {
+        s.powerdown()?;
+        *session = Some(s);
+        Ok(())
+    });
+    match pressed {
+        Ok(()) => {
+            eprintln!(
+                "berth-build: asked the guest to power off (waiting up to {}s; \
+                 Ctrl-C again kills QEMU)",
+                POWERDOWN_GRACE.as_secs()
+            );
+            Stop::PoweringOff {
+                since: now,
+                deadline: now + POWERDOWN_GRACE,
+                repress: now + REPRESS_INTERVAL,
+            }
+        }
+        Err(e) => {
+            eprintln!("berth-build: cannot ask the guest to power off: {e}; killing QEMU");
+            let _ = child.kill();
+            Stop::Killed
+        }
     }
 }
 
@@ -558,6 +642,7 @@ mod tests {
             qmp: Some("/t/q.sock".into()),
             no_reboot: true,
             power_off_when_ready: false,
+            when_ready: None,
         };
         let line: Vec<String> = args(&art, Accel::Tcg, &opts, Path::new("/r/qmp.sock"))
             .into_iter()
