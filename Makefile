@@ -21,16 +21,27 @@ setup:
 binaries: setup
 	RUSTFLAGS="$(STATIC_FLAGS)" cargo build --release --locked --target $(TARGET) --workspace --bins
 
-out/demo: binaries examples/demo.toml
-	$(BUILD) build examples/demo.toml -o out/demo
+# The demo's workloads run busybox: an image made here from Debian's
+# busybox-static with umoci and skopeo, baked into the initramfs.
+out/images/busybox.tar: scripts/busybox-image.sh | setup
+	scripts/busybox-image.sh $@ busybox:latest
 
-# Interactive: console attached, Ctrl-C powers the guest off cleanly.
-# Under CI or without a terminal it powers off by itself once ready.
+out/demo: binaries examples/demo.toml out/images/busybox.tar
+	$(BUILD) build examples/demo.toml --image out/images/busybox.tar -o out/demo
+
+# Boots the demo with its page published on 127.0.0.1:8080 and, once the
+# guest is ready, fetches that page from the host to show the workloads
+# serving. Interactive: the console stays attached and Ctrl-C powers the
+# guest off cleanly. Under CI or without a terminal it then powers off by
+# itself, and a page that cannot be fetched fails the run.
+DEMO_PORT ?= 8080
+DEMO_CHECK = curl -fsS --retry 30 --retry-all-errors --retry-delay 1 --max-time 5 http://127.0.0.1:$(DEMO_PORT)/
 demo: out/demo
 	@if [ -t 0 ] && [ "$${CI:-}" != "true" ]; then \
-		$(BUILD) run out/demo --forward 8080:80; \
+		$(BUILD) run out/demo --forward $(DEMO_PORT):80 \
+			--when-ready '$(DEMO_CHECK) && echo "demo: serving on http://127.0.0.1:$(DEMO_PORT)/ (Ctrl-C powers off)"'; \
 	else \
-		$(BUILD) run out/demo --forward 8080:80 --power-off-when-ready; \
+		$(BUILD) run out/demo --forward $(DEMO_PORT):80 --power-off-when-ready --when-ready '$(DEMO_CHECK)'; \
 	fi
 
 lint: setup

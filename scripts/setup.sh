@@ -4,7 +4,7 @@
 # Safe to run again: it only installs what is missing.
 set -eu
 
-PACKAGES="qemu-system-x86 ovmf busybox-static e2fsprogs cpio tini dumb-init dpkg-dev dnsmasq-base iproute2 util-linux musl-tools skopeo umoci dhcpcd-base"
+PACKAGES="qemu-system-x86 ovmf busybox-static e2fsprogs cpio tini dumb-init dpkg-dev dnsmasq-base iproute2 util-linux musl-tools skopeo umoci curl docker-registry docker.io dhcpcd-base"
 
 missing=""
 for p in $PACKAGES; do
@@ -18,7 +18,19 @@ if [ -n "$missing" ]; then
     echo "setup: installing$missing"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends $missing >/dev/null
+    # Packages with daemons (docker.io, docker-registry) are installed for
+    # their clients and binaries only: tests start what they need by hand,
+    # so keep the packages' services from starting (Debian's policy-rc.d).
+    policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        policy=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod +x "$policy"
+    fi
+    status=0
+    apt-get install -y -q --no-install-recommends $missing >/dev/null || status=$?
+    [ -z "$policy" ] || rm -f "$policy"
+    [ "$status" -eq 0 ] || { echo "setup: apt-get install failed ($status)" >&2; exit "$status"; }
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -239,3 +239,34 @@ impl SharedImage {
         })
     }
 }
+
+/// A docker-archive of busybox (`busybox:latest`) made by
+/// `scripts/busybox-image.sh` from Debian's busybox-static with umoci and
+/// skopeo, once per test process, for images that run workloads
+/// (`--image PATH`).
+pub fn busybox_archive() -> Result<PathBuf, ImageError> {
+    static ARCHIVE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let made = ARCHIVE.get_or_init(|| {
+        let root = paths::images_dir();
+        let path = root.join(format!("busybox-{}.tar", std::process::id()));
+        let script = paths::workspace_dir().join("scripts/busybox-image.sh");
+        let out = Command::new(&script)
+            .arg(&path)
+            .arg("busybox:latest")
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} failed ({}): {}",
+                script.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(path)
+    });
+    made.clone().map_err(|message| ImageError::Earlier {
+        name: "busybox archive",
+        message,
+    })
+}

@@ -30,4 +30,4 @@ pub mod qmp;
 pub use accel::Accel;
 pub use console::{berth_lines, Matched};
 pub use guest::{Guest, GuestBuilder, GuestError};
-pub use image::{Image, SharedImage};
+pub use image::{busybox_archive, Image, SharedImage};
