@@ -535,7 +535,30 @@ impl Guest {
         pattern: &str,
         timeout: Duration,
     ) -> Result<Matched, GuestError> {
-        match self.console.expect(&mut self.cursor, pattern, timeout) {
+        let mut cursor = self.cursor;
+        let found = self.expect_from(&mut cursor, pattern, timeout);
+        self.cursor = cursor;
+        found
+    }
+
+    /// Like [`Guest::expect_console`], but the line may be anywhere on the
+    /// console, before or after earlier matches (for lines that concurrent
+    /// processes print in no set order); the cursor does not move.
+    pub fn expect_console_anywhere(
+        &mut self,
+        pattern: &str,
+        timeout: Duration,
+    ) -> Result<Matched, GuestError> {
+        self.expect_from(&mut 0, pattern, timeout)
+    }
+
+    fn expect_from(
+        &mut self,
+        cursor: &mut usize,
+        pattern: &str,
+        timeout: Duration,
+    ) -> Result<Matched, GuestError> {
+        match self.console.expect(cursor, pattern, timeout) {
             Ok(m) => Ok(m),
             Err(source) => {
                 let status = self.describe_state();

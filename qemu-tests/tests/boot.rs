@@ -51,6 +51,16 @@ fn boots_to_ready_with_a_minimal_manifest() -> Result<()> {
         init_ms <= ready_ms,
         "init started at {init_ms} ms, after ready at {ready_ms} ms"
     );
+    // The network: an address from QEMU's user-mode DHCP, and the outside
+    // gateway answering (netd's ARP check runs after it reports ready).
+    guest.expect_console_anywhere(
+        r"berth-netd: eth0: DHCP lease 10\.0\.2\.15/24 from 10\.0\.2\.2 ",
+        READY,
+    )?;
+    guest.expect_console_anywhere(
+        r"berth-netd: eth0: gateway 10\.0\.2\.2 reachable \(ARP reply in \d+ ms\)",
+        READY,
+    )?;
     // End the machine and read the whole console: one ready line, ever.
     guest.qmp("quit", None)?;
     guest.wait_exit(SHUTDOWN)?;
