@@ -3,25 +3,14 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::manager::logs::{format_time, parse_time};
+
 /// Go's zero time, which Docker prints for "never".
 pub const ZERO: &str = "0001-01-01T00:00:00Z";
 
 /// `2026-11-23T17:21:37.123456789Z`; [`ZERO`] for `None`.
 pub fn rfc3339(t: Option<SystemTime>) -> String {
-    let Some(t) = t else {
-        return ZERO.to_owned();
-    };
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, dd) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_nanos()
-    )
+    t.map_or_else(|| ZERO.to_owned(), format_time)
 }
 
 /// Unix seconds (0 for `None` or before 1970).
@@ -30,45 +19,10 @@ pub fn unix(t: Option<SystemTime>) -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Parses the date part of an RFC 3339 time to unix seconds (image
-/// `created` fields); 0 when it does not parse.
+/// An RFC 3339 time (image `created` fields) as unix seconds; 0 when it
+/// does not parse.
 pub fn parse_rfc3339(s: &str) -> i64 {
-    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|v| v.parse::<i64>().ok());
-    let (Some(y), Some(mo), Some(d), Some(h), Some(mi), Some(se)) = (
-        num(0..4),
-        num(5..7),
-        num(8..10),
-        num(11..13),
-        num(14..16),
-        num(17..19),
-    ) else {
-        return 0;
-    };
-    days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se
-}
-
-/// Howard Hinnant's algorithm: days since 1970-01-01 to (y, m, d).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    unix(parse_time(s))
 }
 
 /// go-units' `HumanDuration`: "Less than a second", "5 seconds",
