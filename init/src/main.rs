@@ -166,7 +166,11 @@ fn boot(signals: &SignalFd) -> Outcome {
         }),
     }
     .run();
-    (kind, supervisor.stop(), shutdown::DEFAULT_GRACE)
+    (
+        kind,
+        supervisor.stop(),
+        shutdown::grace_for(manifest.workloads.values()),
+    )
 }
 
 /// Host mode: supervise the daemons from the command line as a subreaper.

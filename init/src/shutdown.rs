@@ -19,6 +19,25 @@ use crate::reaper::{children_of, reap};
 /// Default time processes get between SIGTERM and SIGKILL.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
+/// The engine's own stop grace for a workload that sets none (Docker's).
+const WORKLOAD_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The grace period for a machine running `workloads`: berthd stops them
+/// one by one, each allowed its stop grace period before SIGKILL, so the
+/// daemons get that much (plus the default, for everything else) before
+/// init stops waiting.
+pub fn grace_for<'a>(workloads: impl IntoIterator<Item = &'a engine::Workload>) -> Duration {
+    workloads
+        .into_iter()
+        .map(|w| {
+            w.stop_grace_period
+                .as_ref()
+                .map_or(WORKLOAD_STOP_GRACE, |d| d.get())
+        })
+        .sum::<Duration>()
+        + DEFAULT_GRACE
+}
+
 /// How long to wait for SIGKILLed processes to be reaped.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
@@ -226,6 +245,16 @@ pub fn finish(kind: ShutdownKind, mode: Mode) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grace_covers_every_workloads_stop_grace() {
+        let w = |extra: &str| -> engine::Workload {
+            toml::from_str(&format!("image = \"busybox\"\n{extra}")).unwrap()
+        };
+        assert_eq!(grace_for([]), DEFAULT_GRACE);
+        let set = [w(""), w("stop_grace_period = \"2s\"")];
+        assert_eq!(grace_for(&set), Duration::from_secs(10 + 2 + 10));
+    }
 
     #[test]
     fn signals_map_to_shutdowns() {
