@@ -578,3 +578,102 @@ fn carrier_down_and_up_verifies_the_lease() {
     let acks = dnsmasq.log().matches("DHCPACK").count();
     assert!(acks >= 2, "{}", dnsmasq.log());
 }
+
+/// IPv6 SLAAC next to DHCPv4: dnsmasq sends router advertisements for
+/// fd00:86::/64 and the client ends with a global address from the prefix
+/// (past duplicate address detection) and a default route via the router's
+/// link-local address.
+#[test]
+fn slaac_address_and_default_route_from_router_advertisements() {
+    if !can_run() {
+        return;
+    }
+    let bench = Bench::new("10.89.0.1/24");
+    // nodad: dnsmasq only advertises from an address past DAD.
+    common::run(&[
+        "ip",
+        "-n",
+        &bench.srv,
+        "addr",
+        "add",
+        "fd00:86::1/64",
+        "dev",
+        common::SRV_IF,
+        "nodad",
+    ]);
+    let dnsmasq = bench.dnsmasq(
+        "10.89.0.50,10.89.0.60,2m",
+        &["--enable-ra", "--dhcp-range=fd00:86::,ra-only,64"],
+    );
+    let config = format!(
+        "[network]\n[[network.interface]]\nname = \"{CLI_IF}\"\ndhcp = true\nipv6_autoconf = true\n"
+    );
+    let mut netd = bench.netd(&config, &[], false);
+    assert_eq!(
+        netd.readiness(SECS_10).as_deref(),
+        Some("READY\n"),
+        "{}",
+        bench.report(Some(&dnsmasq), &netd)
+    );
+
+    let global = || {
+        bench
+            .ip_cli(&["-6", "-o", "addr", "show", "dev", CLI_IF, "scope", "global"])
+            .lines()
+            .find(|l| l.contains("inet6 fd00:86::") && !l.contains("tentative"))
+            .map(str::to_string)
+    };
+    // The router's link-local address appears once the link has carrier,
+    // that is once netd has brought the client end up.
+    let router_ll = || {
+        common::run(&[
+            "ip",
+            "-n",
+            &bench.srv,
+            "-6",
+            "-o",
+            "addr",
+            "show",
+            "dev",
+            common::SRV_IF,
+            "scope",
+            "link",
+        ])
+        .split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .map(str::to_string)
+    };
+    let default_route = || {
+        let Some(ll) = router_ll() else {
+            return false;
+        };
+        bench
+            .ip_cli(&["-6", "route", "show", "default"])
+            .lines()
+            .any(|l| l.starts_with(&format!("default via {ll} dev {CLI_IF}")))
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || global().is_some()
+            && default_route()),
+        "{}\n--- client ipv6 ---\n{}{}",
+        bench.report(Some(&dnsmasq), &netd),
+        bench.ip_cli(&["-6", "addr"]),
+        bench.ip_cli(&["-6", "route"]),
+    );
+    let line = global().unwrap_or_default();
+    assert!(line.contains("/64 "), "{line}");
+    assert!(
+        line.contains("dynamic") || line.contains("mngtmpaddr"),
+        "not an autoconfigured address: {line}"
+    );
+    // DHCPv4 is unaffected.
+    assert_eq!(
+        bench.client_v4().len(),
+        1,
+        "{}",
+        bench.report(Some(&dnsmasq), &netd)
+    );
+    assert!(netd.running());
+}
