@@ -1,7 +1,18 @@
 //! ARP on one link, for two questions DHCP leaves open: is an address the
 //! server offers already used by another host (an RFC 5227 probe, answered
 //! with DHCPDECLINE), and does the default gateway answer once the address
-//! is configured (a readiness signal logged on the console).
+//! is confirmed (a readiness signal logged on the console).
+//!
+//! The probe runs optimistically, like IPv6's optimistic DAD (RFC 4429):
+//! netd puts the leased address on the link first and probes alongside
+//! (see [`crate::iface`]), taking the address off again if a host answers.
+//! RFC 5227 probes before using the address; berth trades that for an
+//! address the moment the lease is bound. What the trade risks is small:
+//! while the probe runs, the kernel answers ARP requests for the address,
+//! so in a real conflict another host could briefly learn the wrong
+//! hardware address for it; netd itself sends nothing from the address
+//! (the gateway check waits for the probe), and it tells init the network
+//! is ready only after the probe.
 //!
 //! The probe is deliberately short. RFC 5227 waits up to a second, then
 //! sends three probes one to two seconds apart and listens two seconds
@@ -28,6 +39,9 @@ use tokio::io::Interest;
 pub const PROBES: u32 = 2;
 /// Time between probes, and the listening time after the last one.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(75);
+/// How long a probe listens in all: an answer can come this long after it
+/// starts, and no later.
+pub const PROBE_WINDOW: Duration = PROBE_INTERVAL.saturating_mul(PROBES);
 
 const ETH_P_ARP: u16 = 0x0806;
 const ARP_LEN: usize = 28;
@@ -302,8 +316,11 @@ impl ArpSocket {
     }
 
     /// Probes for `candidate` (RFC 5227, shortened: see the module
-    /// documentation). Returns the hardware address of a host that uses or
-    /// claims it, or `None` when nobody does.
+    /// documentation), which may already be configured on this link.
+    /// Returns the hardware address of a host that uses or claims it, or
+    /// `None` when nobody does within [`PROBE_WINDOW`]. The kernel's own
+    /// ARP traffic for an address already configured carries this link's
+    /// hardware address and so is no conflict.
     pub async fn probe(&self, candidate: Ipv4Addr) -> Result<Option<[u8; 6]>, ArpError> {
         let probe = ArpPacket::request(self.mac, Ipv4Addr::UNSPECIFIED, candidate);
         for _ in 0..PROBES {

@@ -1,5 +1,15 @@
 //! One interface's life: its static configuration, then (when asked) its
 //! DHCP client, carrying out the state machine's actions over netlink.
+//!
+//! A freshly leased address is checked optimistically, as IPv6 does with
+//! optimistic DAD (RFC 4429): it goes on the link at once and the ARP probe
+//! of [`crate::arp`] runs alongside. When another host answers, the address
+//! and its routes come off again and the server gets a DHCPDECLINE. The
+//! interface reports itself configured (and so lets netd tell init the
+//! network is ready) only once the probe has finished without an answer,
+//! so the boot never goes on with an address that turns out to be taken;
+//! what the optimism buys is the address on the link 150 ms sooner, for
+//! whatever starts alongside netd.
 
 use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
@@ -20,7 +30,8 @@ use crate::netlink::{LinkInfo, Netlink, NetlinkError, Origin, RouteSpec};
 /// What an interface task tells the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
-    /// The interface has its addresses; these are its resolver settings.
+    /// The interface has its addresses, a leased one only once its ARP
+    /// probe found no other host using it; these are its resolver settings.
     Configured {
         /// Interface name.
         ifname: String,
@@ -194,6 +205,7 @@ pub async fn run(
         },
         seed.finish(),
     );
+    let (probe_tx, probe_rx) = mpsc::unbounded_channel();
     let mut dhcp = Dhcp {
         nl,
         store,
@@ -204,8 +216,28 @@ pub async fn run(
         client,
         routes: Vec::new(),
         current: None,
+        probing: None,
+        probes: 0,
+        probe_tx,
+        probe_rx,
     };
     dhcp.run(carrier).await;
+}
+
+/// The ARP probe of an address that is already on the link.
+struct Probing {
+    /// Tells this probe's answer from that of an earlier, cancelled one.
+    id: u64,
+    addr: Ipv4Addr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// How a probe ended.
+struct ProbeDone {
+    id: u64,
+    /// The hardware address of a host that has the address.
+    owner: Option<[u8; 6]>,
+    took: Duration,
 }
 
 struct Dhcp {
@@ -220,6 +252,13 @@ struct Dhcp {
     routes: Vec<RouteSpec>,
     /// The leased address on the link now.
     current: Option<Ipv4Addr>,
+    /// The probe of `current` while it runs; until it ends, the lease is
+    /// not reported.
+    probing: Option<Probing>,
+    /// Probes started so far.
+    probes: u64,
+    probe_tx: mpsc::UnboundedSender<ProbeDone>,
+    probe_rx: mpsc::UnboundedReceiver<ProbeDone>,
 }
 
 impl Dhcp {
@@ -276,6 +315,7 @@ impl Dhcp {
                     }
                 },
                 () = sleep => self.client.handle(Instant::now(), Event::Timer),
+                Some(done) = self.probe_rx.recv() => self.probe_done(done).await,
                 up = carrier.recv(), if carrier_open => match up {
                     Some(true) => {
                         log::info!(target: "netd", "{ifname}: carrier up");
@@ -318,24 +358,21 @@ impl Dhcp {
                 Action::Configure(b) => {
                     let fresh = self.current != Some(b.lease.address);
                     if fresh {
-                        if let Some(owner) = self.probe(b.lease.address).await {
-                            log::warn!(
-                                target: "netd",
-                                "{}: {} is already used by {}; sending DHCPDECLINE to {}",
-                                self.link.name,
-                                b.lease.address,
-                                arp::mac_string(&owner),
-                                b.lease.server,
-                            );
-                            queue.extend(self.client.decline(Instant::now()));
-                            continue;
-                        }
+                        self.cancel_probe();
                     }
-                    if self.configure(&b).await && fresh {
-                        self.check_gateway(&b.lease);
+                    if !self.configure(&b).await {
+                        continue;
+                    }
+                    if fresh {
+                        self.start_probe(b.lease.address);
+                    } else if self.probing.is_none() {
+                        self.report_configured(&b.lease);
                     }
                 }
-                Action::Deconfigure(lease) => self.deconfigure(&lease).await,
+                Action::Deconfigure(lease) => {
+                    self.cancel_probe();
+                    self.deconfigure(&lease).await;
+                }
                 Action::Forget => {
                     if let Err(e) = self.store.remove(&self.link.name) {
                         log::warn!(target: "netd", "{}", error_chain(&e));
@@ -345,29 +382,79 @@ impl Dhcp {
         }
     }
 
-    /// ARP-probes for `addr` before it is configured; the hardware address
-    /// of a host that has it. A probe that cannot run is logged and counts
-    /// as no conflict: the address is used rather than the link left bare.
-    async fn probe(&self, addr: Ipv4Addr) -> Option<[u8; 6]> {
-        let mac = self.link.mac?;
-        let sock = match ArpSocket::open(&self.link.name, self.link.index, mac) {
-            Ok(s) => s,
-            Err(e) => {
-                log::warn!(target: "netd", "{}; {addr} is used unchecked", error_chain(&e));
-                return None;
-            }
-        };
-        let start = Instant::now();
-        match sock.probe(addr).await {
-            Ok(owner) => {
-                log::debug!(target: "netd", "{}: ARP probe for {addr} took {:?}", self.link.name, start.elapsed());
-                owner
-            }
-            Err(e) => {
-                log::warn!(target: "netd", "{}; {addr} is used unchecked", error_chain(&e));
-                None
-            }
+    /// Starts the ARP probe of `addr`, which [`Dhcp::configure`] has just
+    /// put on the link; [`Dhcp::probe_done`] takes its answer.
+    fn start_probe(&mut self, addr: Ipv4Addr) {
+        self.probes += 1;
+        let id = self.probes;
+        let (name, index, mac) = (self.link.name.clone(), self.link.index, self.link.mac);
+        let tx = self.probe_tx.clone();
+        let task = tokio::spawn(async move {
+            let start = Instant::now();
+            let owner = match mac {
+                Some(mac) => probe(&name, index, mac, addr).await,
+                None => None,
+            };
+            let _ = tx.send(ProbeDone {
+                id,
+                owner,
+                took: start.elapsed(),
+            });
+        });
+        self.probing = Some(Probing { id, addr, task });
+    }
+
+    /// Stops a running probe: its address is being replaced or removed.
+    fn cancel_probe(&mut self) {
+        if let Some(p) = self.probing.take() {
+            p.task.abort();
         }
+    }
+
+    /// A probe's answer. Nobody answered: the lease is reported (and the
+    /// gateway checked, now that the address may be announced). Another
+    /// host has the address: it comes off the link and the server is told
+    /// with DHCPDECLINE.
+    async fn probe_done(&mut self, done: ProbeDone) -> Vec<Action> {
+        let Some(p) = self.probing.take_if(|p| p.id == done.id) else {
+            return Vec::new();
+        };
+        let Some(b) = self
+            .client
+            .binding()
+            .filter(|b| b.lease.address == p.addr)
+            .cloned()
+        else {
+            return Vec::new();
+        };
+        let name = self.link.name.clone();
+        let Some(owner) = done.owner else {
+            log::info!(
+                target: "netd",
+                "{name}: {} confirmed: no other host answered the ARP probe ({} ms)",
+                p.addr,
+                done.took.as_millis()
+            );
+            self.report_configured(&b.lease);
+            self.check_gateway(&b.lease);
+            return Vec::new();
+        };
+        log::warn!(
+            target: "netd",
+            "{name}: {} is already used by {}; sending DHCPDECLINE to {}",
+            p.addr,
+            arp::mac_string(&owner),
+            b.lease.server,
+        );
+        self.remove(&b.lease).await;
+        log::warn!(
+            target: "netd",
+            "{name}: removed {}/{} and its routes (the ARP probe was answered after {} ms)",
+            b.lease.address,
+            b.lease.prefix,
+            done.took.as_millis()
+        );
+        self.client.decline(Instant::now())
     }
 
     /// Resolves the lease's default gateway over ARP in the background and
@@ -476,22 +563,34 @@ impl Dhcp {
         if let Err(e) = self.store.save(name, &stored) {
             log::warn!(target: "netd", "{}", error_chain(&e));
         }
+        true
+    }
+
+    /// Tells the daemon the lease is in place: its resolver settings and
+    /// host name apply, and the interface counts as ready.
+    fn report_configured(&self, lease: &packet::Lease) {
         let mut dns: Vec<IpAddr> = self.cfg.dns.clone();
         dns.extend(lease.dns.iter().map(|d| IpAddr::V4(*d)));
         let mut search = self.cfg.search.clone();
         search.extend(lease.domains.iter().cloned());
         let _ = self.reports.send(Report::Configured {
-            ifname: name.clone(),
+            ifname: self.link.name.clone(),
             dns,
             search,
             hostname: lease.hostname.clone(),
         });
-        true
     }
 
     async fn deconfigure(&mut self, lease: &packet::Lease) {
-        let name = &self.link.name;
-        log::warn!(target: "netd", "{name}: DHCP lease {}/{} withdrawn", lease.address, lease.prefix);
+        log::warn!(target: "netd", "{}: DHCP lease {}/{} withdrawn", self.link.name, lease.address, lease.prefix);
+        self.remove(lease).await;
+        let _ = self.reports.send(Report::Lost {
+            ifname: self.link.name.clone(),
+        });
+    }
+
+    /// Takes the lease's routes and address off the link.
+    async fn remove(&mut self, lease: &packet::Lease) {
         for r in std::mem::take(&mut self.routes) {
             if let Err(e) = self.nl.del_route(&self.link, &r).await {
                 log::warn!(target: "netd", "{}", error_chain(&e));
@@ -505,9 +604,6 @@ impl Dhcp {
             log::warn!(target: "netd", "{}", error_chain(&e));
         }
         self.current = None;
-        let _ = self.reports.send(Report::Lost {
-            ifname: name.clone(),
-        });
     }
 }
 
@@ -520,4 +616,18 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// ARP-probes for `addr` on the link; the hardware address of a host that
+/// has it. A probe that cannot run is logged and counts as no conflict: the
+/// address is used rather than the link left bare.
+async fn probe(name: &str, index: u32, mac: [u8; 6], addr: Ipv4Addr) -> Option<[u8; 6]> {
+    let answer = match ArpSocket::open(name, index, mac) {
+        Ok(sock) => sock.probe(addr).await,
+        Err(e) => Err(e),
+    };
+    answer.unwrap_or_else(|e| {
+        log::warn!(target: "netd", "{}; {addr} is used unchecked", error_chain(&e));
+        None
+    })
 }

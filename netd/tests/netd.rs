@@ -201,9 +201,11 @@ fn nak_when_the_remembered_subnet_changed() {
 }
 
 /// The server offers an address another host already has (a stale lease
-/// in dnsmasq's database, and --no-ping keeps dnsmasq from noticing): the
-/// ARP probe finds the owner, netd sends DHCPDECLINE and ends with another
-/// address from the range, and the taken one never reaches the link.
+/// in dnsmasq's database, and --no-ping keeps dnsmasq from noticing). netd
+/// puts it on the link at once and probes alongside (optimistically): the
+/// probe finds the owner, the address comes off again within the probe
+/// window, netd sends DHCPDECLINE, and it ends with another address from
+/// the range. Readiness waits for that second address.
 #[test]
 fn offered_address_in_use_is_declined() {
     if !can_run() {
@@ -267,10 +269,45 @@ fn offered_address_in_use_is_declined() {
         .unwrap_or_else(|| panic!("{addrs:?}"));
     assert!((51..=60).contains(&last), "{addrs:?}");
     assert!(log.contains(&format!("DHCP lease {}", addrs[0])), "{log}");
-    let seen = watch.seen();
     assert!(
-        !seen.contains("10.86.0.50/"),
-        "the taken address was put on the link: {seen}"
+        log.contains(&format!("{} confirmed", addrs[0].trim_end_matches("/24"))),
+        "{log}"
+    );
+    // Readiness came after the second probe, so the taken address was gone
+    // by then (the monitor may report it a moment later).
+    let taken = "10.86.0.50/24";
+    assert!(
+        wait_until(Duration::from_secs(2), || watch
+            .events(taken)
+            .iter()
+            .any(|e| e.deleted)),
+        "the taken address was not removed: {}",
+        watch.seen()
+    );
+    let events = watch.events(taken);
+    let (Some(added), Some(deleted)) = (
+        events.iter().find(|e| !e.deleted),
+        events.iter().find(|e| e.deleted),
+    ) else {
+        panic!(
+            "want the taken address added, then deleted: {}",
+            watch.seen()
+        );
+    };
+    assert!(added.at <= deleted.at, "{}", watch.seen());
+    // The probe window, plus time for a loaded test host to schedule netd;
+    // the next DISCOVER, one second after the DECLINE, is well past it.
+    let allowed = netd::arp::PROBE_WINDOW + Duration::from_millis(500);
+    assert!(
+        deleted.at - added.at <= allowed,
+        "the taken address stayed {:?} (allowed {allowed:?}): {}",
+        deleted.at - added.at,
+        watch.seen()
+    );
+    assert!(
+        !events.iter().any(|e| !e.deleted && e.at > deleted.at),
+        "the taken address came back: {}",
+        watch.seen()
     );
     let state = fs::read_to_string(bench.path(&format!("state/{CLI_IF}.lease"))).unwrap();
     assert!(state.contains(&format!("address={}", addrs[0])), "{state}");

@@ -282,11 +282,12 @@ impl Bench {
         sq
     }
 
-    /// Records every address change in the client namespace until dropped.
+    /// Records every address change in the client namespace, with the
+    /// time it was reported, until dropped.
     pub fn watch_addresses(&self) -> Watch {
         let path = self.path("addr-monitor.log");
         let child = Command::new("ip")
-            .args(["-n", &self.cli, "monitor", "address"])
+            .args(["-n", &self.cli, "-ts", "monitor", "address"])
             .stdin(Stdio::null())
             .stdout(fs::File::create(&path).expect("monitor log"))
             .stderr(Stdio::null())
@@ -324,10 +325,41 @@ pub struct Watch {
     path: PathBuf,
 }
 
+/// One address change `ip -ts monitor` reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressEvent {
+    /// Reported as deleted (else added or changed).
+    pub deleted: bool,
+    /// When, as the time of day.
+    pub at: Duration,
+}
+
 impl Watch {
     /// Every change seen so far, one per line.
     pub fn seen(&self) -> String {
         fs::read_to_string(&self.path).unwrap_or_default()
+    }
+
+    /// The changes seen so far to the address `cidr` ("10.0.0.5/24").
+    pub fn events(&self, cidr: &str) -> Vec<AddressEvent> {
+        let needle = format!(" {cidr} ");
+        self.seen()
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .filter_map(|l| {
+                // "[2026-11-23T18:32:21.826335] Deleted 1: lo    inet ..."
+                let (stamp, rest) = l.strip_prefix('[')?.split_once("] ")?;
+                let (_, time) = stamp.split_once('T')?;
+                let mut parts = time.splitn(3, ':');
+                let h: u64 = parts.next()?.parse().ok()?;
+                let m: u64 = parts.next()?.parse().ok()?;
+                let s: f64 = parts.next()?.parse().ok()?;
+                Some(AddressEvent {
+                    deleted: rest.starts_with("Deleted"),
+                    at: Duration::from_secs(h * 3600 + m * 60) + Duration::from_secs_f64(s),
+                })
+            })
+            .collect()
     }
 }
 
