@@ -10,11 +10,21 @@
 //! a process start. The kernel reports a veth's carrier up to a second after
 //! it is set up again (link events are rate-limited): clients that wait for
 //! the carrier before their first DISCOVER (dhcpcd) pay that here.
+//!
+//! berth-netd puts the address on the link as soon as it is leased and runs
+//! its ARP probe alongside, so it gets two rows: the address configured
+//! (what every peer's row measures) and the address confirmed, when the
+//! probe is done and netd reports "ready" on its readiness pipe, read here
+//! as init reads it. The peers that check the address (udhcpc -a, dhcpcd
+//! with its defaults) configure it only after checking, so their one row
+//! compares with netd's second.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -30,6 +40,8 @@ const DHCP_RUNS: usize = 11;
 const WIRE_RUNS: usize = 50;
 /// Longest wait for one address.
 const ADDRESS_TIMEOUT: Duration = Duration::from_secs(30);
+/// Width of the tables' first column.
+const W: usize = 50;
 /// How long a client sits configured before its memory is read.
 const IDLE: Duration = Duration::from_secs(1);
 
@@ -74,31 +86,43 @@ pub fn run() -> Result<()> {
 
     println!();
     println!(
-        "{:<40} {:>10} {:>10} {:>10}   (veth + dnsmasq, {DHCP_RUNS} runs)",
+        "{:<W$} {:>10} {:>10} {:>10}   (veth + dnsmasq, {DHCP_RUNS} runs)",
         "link up -> address", "median ms", "min ms", "max ms"
     );
-    for (client, m) in &rows {
+    let row = |name: &str, times: &[Duration]| {
         let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
         println!(
-            "{:<40} {:>10} {:>10} {:>10}",
-            client.name(),
-            ms(median(&m.times)),
-            ms(m.times[0]),
-            ms(m.times[m.times.len() - 1])
+            "{:<W$} {:>10} {:>10} {:>10}",
+            name,
+            ms(median(times)),
+            ms(times[0]),
+            ms(times[times.len() - 1])
         );
+    };
+    for (client, m) in &rows {
+        match client {
+            Client::Netd(_) => {
+                row("berth-netd, address configured", &m.times);
+                row(
+                    "berth-netd, address confirmed (probe done / ready)",
+                    &m.confirmed,
+                );
+            }
+            _ => row(client.name(), &m.times),
+        }
     }
     if dhcpcd.is_none() {
         println!(
-            "{:<40} {:>10}",
+            "{:<W$} {:>10}",
             "dhcpcd", "absent (apt-get install dhcpcd-base)"
         );
     }
-    let netd_median = median(&rows[0].1.times);
+    let netd = &rows[0].1;
     if let Some((fastest, m)) = rows[1..].iter().min_by_key(|(_, m)| median(&m.times)) {
         println!(
-            "{:<40} {:>9.2}x   (vs {})",
-            "berth-netd / fastest peer",
-            netd_median.as_secs_f64() / median(&m.times).as_secs_f64(),
+            "{:<W$} {:>9.2}x   (vs {})",
+            "berth-netd configured / fastest peer",
+            median(&netd.times).as_secs_f64() / median(&m.times).as_secs_f64(),
             fastest.name()
         );
     }
@@ -108,21 +132,21 @@ pub fn run() -> Result<()> {
         .min_by_key(|(_, m)| median(&m.times))
     {
         println!(
-            "{:<40} {:>9.2}x   (vs {})",
-            "berth-netd / fastest peer that probes",
-            netd_median.as_secs_f64() / median(&m.times).as_secs_f64(),
+            "{:<W$} {:>9.2}x   (vs {})",
+            "berth-netd confirmed / fastest peer that probes",
+            median(&netd.confirmed).as_secs_f64() / median(&m.times).as_secs_f64(),
             checker.name()
         );
     }
 
     println!();
     println!(
-        "{:<40} {:>10} {:>10}",
+        "{:<W$} {:>10} {:>10}",
         "idle memory, address configured", "VmRSS KiB", "processes"
     );
     for (client, m) in &rows {
         println!(
-            "{:<40} {:>10} {:>10}",
+            "{:<W$} {:>10} {:>10}",
             client.name(),
             m.rss_kib,
             m.processes
@@ -182,7 +206,7 @@ enum Client {
 impl Client {
     fn name(&self) -> &'static str {
         match self {
-            Client::Netd(_) => "berth-netd (ARP probe, 150 ms)",
+            Client::Netd(_) => "berth-netd (optimistic ARP probe, 150 ms)",
             Client::Udhcpc { arp: false } => "udhcpc (no address check)",
             Client::Udhcpc { arp: true } => "udhcpc -a (ARP check)",
             Client::Dhcpcd { tuned: false } => "dhcpcd (defaults: delay, RFC 5227)",
@@ -261,6 +285,8 @@ impl Client {
 struct Measured {
     /// Link up → address, sorted.
     times: Vec<Duration>,
+    /// Link up → "ready" on the readiness pipe, sorted; berth-netd only.
+    confirmed: Vec<Duration>,
     /// VmRSS of its process tree, idle after the last run.
     rss_kib: u64,
     processes: usize,
@@ -403,12 +429,14 @@ impl Segment {
     /// `DHCP_RUNS` runs of `client`, then its idle memory.
     fn measure(&self, client: &Client) -> Result<Measured> {
         let mut times = Vec::new();
+        let mut confirmed = Vec::new();
         let mut idle = (0, 0);
         for i in 0..DHCP_RUNS {
-            let (took, mut child) = self
+            let (took, ready, mut child) = self
                 .once(client)
                 .with_context(|| format!("run {}", i + 1))?;
             times.push(took);
+            confirmed.extend(ready);
             if i + 1 == DHCP_RUNS {
                 std::thread::sleep(IDLE);
                 idle = tree_rss(child.id());
@@ -416,15 +444,18 @@ impl Segment {
             stop(&mut child);
         }
         times.sort();
+        confirmed.sort();
         Ok(Measured {
             times,
+            confirmed,
             rss_kib: idle.0,
             processes: idle.1,
         })
     }
 
-    /// One run: bare link down, link up, client started, address seen.
-    fn once(&self, client: &Client) -> Result<(Duration, Child)> {
+    /// One run: bare link down, link up, client started, address seen;
+    /// for berth-netd also its "ready", which may come later.
+    fn once(&self, client: &Client) -> Result<(Duration, Option<Duration>, Child)> {
         cmd(&["ip", "-n", &self.cli, "link", "set", CLI_IF, "down"])?;
         cmd(&["ip", "-n", &self.cli, "-4", "addr", "flush", "dev", CLI_IF])?;
         client.forget(self)?;
@@ -436,13 +467,19 @@ impl Segment {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        let ready = match client {
+            Client::Netd(_) => Some(ReadyPipe::give(&mut command)?),
+            _ => None,
+        };
         cmd(&["ip", "-n", &self.cli, "link", "set", CLI_IF, "up"])?;
         let start = Instant::now();
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("cannot start {}", argv.join(" ")))?;
+        let spawned = command.spawn();
+        // The child holds its own copy of the pipe now; ours must go, so
+        // that the pipe reports the end when netd exits without a word.
+        let ready = ready.map(ReadyPipe::listen);
+        let mut child = spawned.with_context(|| format!("cannot start {}", argv.join(" ")))?;
         let end = start + ADDRESS_TIMEOUT;
-        loop {
+        let configured = loop {
             let left = end.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left) {
                 Ok((at, line)) => {
@@ -451,13 +488,30 @@ impl Segment {
                         && line.contains(" inet ")
                         && line.contains(CLI_IF)
                     {
-                        return Ok((at - start, child));
+                        break at - start;
                     }
                 }
                 Err(_) => {
                     stop(&mut child);
                     bail!("no address within {ADDRESS_TIMEOUT:?}");
                 }
+            }
+        };
+        let Some(ready) = ready else {
+            return Ok((configured, None, child));
+        };
+        let left = end.saturating_duration_since(Instant::now());
+        match ready.recv_timeout(left) {
+            Ok(Some((at, line))) if line == "READY\n" => {
+                Ok((configured, Some(at.saturating_duration_since(start)), child))
+            }
+            Ok(Some((_, line))) => {
+                stop(&mut child);
+                bail!("berth-netd reported {:?} instead of READY", line.trim_end());
+            }
+            Ok(None) | Err(_) => {
+                stop(&mut child);
+                bail!("berth-netd did not report ready within {ADDRESS_TIMEOUT:?}");
             }
         }
     }
@@ -480,6 +534,63 @@ impl Drop for Segment {
                 let _ = fs::remove_file(f);
             }
         }
+    }
+}
+
+/// berth-netd's readiness pipe (`BERTH_READY_FD`), as init gives it.
+struct ReadyPipe {
+    reader: std::io::PipeReader,
+    writer: std::io::PipeWriter,
+}
+
+impl ReadyPipe {
+    /// Makes the pipe and arranges for `command` to get its write end as
+    /// fd 3.
+    fn give(command: &mut Command) -> Result<ReadyPipe> {
+        let (reader, writer) = std::io::pipe().context("cannot make the readiness pipe")?;
+        let fd = writer.as_raw_fd();
+        command.env("BERTH_READY_FD", "3");
+        // SAFETY: between fork and exec only dup2(2), which is
+        // async-signal-safe, runs; the copy it makes as fd 3 does not
+        // inherit the original's close-on-exec flag.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::dup2(fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(ReadyPipe { reader, writer })
+    }
+
+    /// Closes our write end (call once the child is spawned) and reads the
+    /// line on a thread: when it came, and what it said (`None` when the
+    /// pipe closed without one).
+    fn listen(self) -> mpsc::Receiver<Option<(Instant, String)>> {
+        drop(self.writer);
+        let mut reader = self.reader;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = Vec::new();
+            let mut buf = [0u8; 64];
+            let got = loop {
+                match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => break None,
+                    Ok(n) => {
+                        line.extend_from_slice(&buf[..n]);
+                        if line.ends_with(b"\n") {
+                            break Some((
+                                Instant::now(),
+                                String::from_utf8_lossy(&line).into_owned(),
+                            ));
+                        }
+                    }
+                }
+            };
+            let _ = tx.send(got);
+        });
+        rx
     }
 }
 
