@@ -213,7 +213,9 @@ impl Client {
     /// The lease just bound (by the last [`Action::Configure`]) belongs to
     /// another host, as an ARP probe showed: tells the server with
     /// DHCPDECLINE, drops the lease, and starts over with DISCOVER after a
-    /// short wait (see [`DECLINE_WAIT`]).
+    /// short wait (see [`DECLINE_WAIT`]). The probe runs while the address
+    /// is already configured, so the caller takes it off the link first;
+    /// no [`Action::Deconfigure`] follows.
     pub fn decline(&mut self, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
         let Some(b) = self.binding.take() else {
