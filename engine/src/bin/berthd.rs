@@ -40,6 +40,13 @@ struct Args {
     /// Do not set up the bridge network (containers use host or none).
     #[arg(long)]
     no_bridge: bool,
+    /// The bridge's name (also its nftables table's), so a second berthd
+    /// (a test, a bench) does not take over the host's berth0.
+    #[arg(long, default_value = netd::bridge::DEFAULT_BRIDGE)]
+    bridge_name: String,
+    /// The bridge's subnet; the bridge takes its first address.
+    #[arg(long, default_value = netd::bridge::DEFAULT_SUBNET)]
+    bridge_subnet: netd::bridge::Ipv4Net,
     /// Copies every container's output to stderr as `name | line` (init
     /// passes it, so workloads show on the appliance's console).
     #[arg(long)]
@@ -134,6 +141,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     opts.run_dir = run_dir;
     if args.no_bridge {
         opts.bridge = None;
+    } else if let Some(bridge) = opts.bridge.as_mut() {
+        bridge.name.clone_from(&args.bridge_name);
+        bridge.subnet = args.bridge_subnet;
     }
     if args.console_logs {
         let sink: engine::manager::ConsoleSink = Arc::new(std::sync::Mutex::new(std::io::stderr()));
