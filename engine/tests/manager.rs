@@ -594,7 +594,7 @@ fn logged_lines(root: &Path, id: &str) -> Vec<String> {
         .join("containers")
         .join(id)
         .join(format!("{id}-json.log"));
-    engine::manager::LogStream::open(&path, 3, LogOptions::default(), Box::new(|| false))
+    engine::manager::LogStream::open(&path, 3, LogOptions::default(), Box::new(|_| false))
         .map(|s| {
             s.map(|e| {
                 String::from_utf8(e.unwrap().bytes)

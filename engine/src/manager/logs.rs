@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 /// A partial line longer than this is written as its own entry (Docker's
 /// buffer size).
 pub const MAX_LINE: usize = 16 * 1024;
-/// How often a following reader looks for new lines.
+/// How often a following reader looks for new lines (the monitor writes
+/// them, so nothing in berthd can say when). A stop ends the wait at once.
 const FOLLOW_POLL: Duration = Duration::from_millis(50);
 
 /// Which stream a line came from.
@@ -296,8 +297,11 @@ pub fn pump(
     Ok(())
 }
 
-/// Whether a following reader should keep waiting for more lines.
-pub type StillRunning = Box<dyn Fn() -> bool + Send>;
+/// Whether a following reader should keep waiting for more lines, after
+/// waiting up to the given time for that to change (zero: no wait). A
+/// reader that is told at once when the container stops ends its stream
+/// then, not at its next poll: `berth run` returns as the container exits.
+pub type StillRunning = Box<dyn Fn(Duration) -> bool + Send>;
 
 /// The entries of a container's log, oldest first; with `follow`, blocks
 /// for new entries until `still_running` says the container stopped.
@@ -406,8 +410,8 @@ impl LogStream {
     /// thread and the log file until the container's next line.
     pub fn cancel_when(mut self, cancelled: impl Fn() -> bool + Send + 'static) -> LogStream {
         if let Some(f) = &mut self.follow {
-            let still = std::mem::replace(&mut f.still_running, Box::new(|| false));
-            f.still_running = Box::new(move || !cancelled() && still());
+            let still = std::mem::replace(&mut f.still_running, Box::new(|_| false));
+            f.still_running = Box::new(move |wait| !cancelled() && still(wait));
         }
         self
     }
@@ -456,13 +460,15 @@ impl LogStream {
                 self.follow = None;
                 return Ok(false);
             }
-            if !(f.still_running)() {
+            if !(f.still_running)(Duration::ZERO) {
                 // Everything the container wrote is on disk once it is
                 // recorded as stopped: read once more, then end.
                 f.draining = true;
                 continue;
             }
-            std::thread::sleep(FOLLOW_POLL);
+            // Wakes early when the container stops; the loop then reads
+            // its last lines.
+            (f.still_running)(FOLLOW_POLL);
             // Keep the reader's position; a truncation (single-file
             // rotation) restarts at 0.
             let pos = f.file.stream_position()?;
@@ -555,7 +561,7 @@ mod tests {
             assert!(fs::metadata(rotated(&path, n)).unwrap().len() <= 300);
         }
         let all: Vec<LogEntry> =
-            LogStream::open(&path, 3, LogOptions::default(), Box::new(|| false))
+            LogStream::open(&path, 3, LogOptions::default(), Box::new(|_| false))
                 .unwrap()
                 .map(Result::unwrap)
                 .collect();
@@ -572,7 +578,7 @@ mod tests {
                 stderr: false,
                 ..LogOptions::default()
             },
-            Box::new(|| false),
+            Box::new(|_| false),
         )
         .unwrap()
         .map(|e| e.unwrap().bytes)
@@ -588,7 +594,7 @@ mod tests {
         let input = vec![b'x'; MAX_LINE + 10];
         pump(&input[..], Stream::Stdout, &w, None).unwrap();
         let sizes: Vec<usize> =
-            LogStream::open(&path, 1, LogOptions::default(), Box::new(|| false))
+            LogStream::open(&path, 1, LogOptions::default(), Box::new(|_| false))
                 .unwrap()
                 .map(|e| e.unwrap().bytes.len())
                 .collect();

@@ -137,6 +137,19 @@ impl Ctr {
     fn running(live: &Live) -> bool {
         live.run.is_some()
     }
+
+    /// Waits up to `timeout` while `cond` holds (every change of `live`
+    /// is announced on `cv`); whether it still holds.
+    fn wait_while(&self, timeout: Duration, mut cond: impl FnMut(&Live) -> bool) -> bool {
+        let live = lock(&self.live);
+        if timeout.is_zero() || !cond(&live) {
+            return cond(&live);
+        }
+        match self.cv.wait_timeout_while(live, timeout, |l| cond(l)) {
+            Ok((live, _)) => cond(&live),
+            Err(poisoned) => cond(&poisoned.into_inner().0),
+        }
+    }
 }
 
 impl Inner {
@@ -1058,9 +1071,10 @@ impl Inner {
         }
         let path = ctr.log_path();
         let watched = ctr.clone();
-        let still_running = Box::new(move || {
-            let live = lock(&watched.live);
-            !live.removed && (Ctr::running(&live) || live.rec.status == Status::Restarting)
+        let still_running = Box::new(move |wait| {
+            watched.wait_while(wait, |live| {
+                !live.removed && (Ctr::running(live) || live.rec.status == Status::Restarting)
+            })
         });
         LogStream::open(&path, this.opts.log_max_files, opts, still_running)
             .map_err(io_err("read the log", &path))
@@ -1081,12 +1095,13 @@ impl Inner {
         let ctr = this.find(key)?;
         let path = ctr.log_path();
         let watched = ctr.clone();
-        let still_running = Box::new(move || {
-            let live = lock(&watched.live);
-            !live.removed
-                && (live.rec.status == Status::Created
-                    || Ctr::running(&live)
-                    || live.rec.status == Status::Restarting)
+        let still_running = Box::new(move |wait| {
+            watched.wait_while(wait, |live| {
+                !live.removed
+                    && (live.rec.status == Status::Created
+                        || Ctr::running(live)
+                        || live.rec.status == Status::Restarting)
+            })
         });
         let opts = LogOptions {
             follow: true,
@@ -1517,9 +1532,8 @@ fn info(ctr: &Ctr) -> ContainerInfo {
 /// Copies a run's log lines to the console sink, prefixed by the name.
 fn mirror(ctr: &Arc<Ctr>, sink: super::ConsoleSink, starts: u64, since: Option<SystemTime>) {
     let watched = ctr.clone();
-    let still = Box::new(move || {
-        let live = lock(&watched.live);
-        live.starts == starts && Ctr::running(&live)
+    let still = Box::new(move |wait| {
+        watched.wait_while(wait, |live| live.starts == starts && Ctr::running(live))
     });
     let opts = LogOptions {
         follow: true,
