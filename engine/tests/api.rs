@@ -1,8 +1,11 @@
 //! berthd end to end: a real `berthd` on a socket of its own (temp
 //! `--root`, `--no-bridge`), driven by Debian's docker CLI, by the `berth`
 //! CLI and by raw HTTP. Needs root (run by `make test`). Containers use
-//! `--network none` or `host`. Every test owns its daemon; the [`Daemon`]
-//! guard removes its containers and kills it even when the test fails.
+//! `--network none` or `host`, except in the bridge test, whose berthd has
+//! a bridge and subnet of its own; the pull test pulls from Debian's
+//! docker-registry on 127.0.0.1. Every test owns its daemon; the
+//! [`Daemon`] guard removes its containers and kills it even when the test
+//! fails.
 
 mod image_fixtures;
 
@@ -195,16 +198,32 @@ impl Run {
 struct Daemon {
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// How berthd's network is set up: `--no-bridge`, or a bridge's flags.
+    network_args: Vec<String>,
 }
 
 impl Daemon {
     fn start() -> Daemon {
+        Daemon::start_with(&["--no-bridge"])
+    }
+
+    /// A berthd with a bridge of its own (`--bridge-name`, `--bridge-subnet`),
+    /// so tests do not touch the host's berth0 or each other's.
+    fn with_bridge(name: &str, subnet: &str) -> Daemon {
+        Daemon::start_with(&["--bridge-name", name, "--bridge-subnet", subnet])
+    }
+
+    fn start_with(network_args: &[&str]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("berth-api-")
             .tempdir_in("/tmp")
             .unwrap();
         fs::create_dir_all(dir.path().join("no-images")).unwrap();
-        let mut d = Daemon { dir, child: None };
+        let mut d = Daemon {
+            dir,
+            child: None,
+            network_args: network_args.iter().map(|a| a.to_string()).collect(),
+        };
         d.spawn();
         d
     }
@@ -236,7 +255,7 @@ impl Daemon {
             .arg(self.socket())
             .arg("--images-dir")
             .arg(self.dir.path().join("no-images"))
-            .arg("--no-bridge")
+            .args(&self.network_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -1599,4 +1618,245 @@ fn containers_survive_a_berthd_sigkill() {
     assert_eq!(v["State"]["Status"], "exited");
     assert_eq!(v["State"]["ExitCode"], 42);
     assert!(d.berth(&["logs", "--tail", "1", "survivor"]).stdout == "bye\n");
+}
+
+// ---------------------------------------------------------------- (d) pull and bridge
+
+/// Debian's docker-registry on a free port of 127.0.0.1 (berthd speaks
+/// plain HTTP to loopback registries), fed by skopeo.
+struct Registry {
+    child: Child,
+    dir: tempfile::TempDir,
+    /// `127.0.0.1:port`.
+    domain: String,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let cfg = dir.path().join("config.yml");
+        fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.path().join("log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run docker-registry: {e} (scripts/setup.sh installs it)")
+            });
+        let reg = Registry {
+            child,
+            dir,
+            domain: format!("127.0.0.1:{port}"),
+        };
+        wait_for("docker-registry to listen", TIMEOUT, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        reg
+    }
+
+    /// Pushes the busybox layout as `name:tag`.
+    fn push(&self, name_tag: &str) {
+        let src = format!("oci:{}:layoutbox:1", images().layout.display());
+        let out = Command::new("skopeo")
+            .args(["copy", "-q", "--dest-tls-verify=false", &src])
+            .arg(format!("docker://{}/{name_tag}", self.domain))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo copy to the registry failed: {}\nregistry log: {}",
+            String::from_utf8_lossy(&out.stderr),
+            fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn berth_pulls_from_a_registry_and_runs_the_image() {
+    let reg = Registry::start();
+    reg.push("tools/bb:1");
+    let d = Daemon::start();
+    let image = format!("{}/tools/bb:1", reg.domain);
+    let r = d.berth(&["pull", &image]).ok("berth pull");
+    assert!(
+        r.stdout.contains("Downloaded newer image") || r.stdout.contains("Digest: sha256:"),
+        "berth pull printed {:?}",
+        r.stdout
+    );
+    let listed = d.berth(&["images"]).ok("berth images").stdout;
+    assert!(
+        listed.contains(&format!("{}/tools/bb", reg.domain)),
+        "{listed}"
+    );
+    let r = d
+        .berth(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            &image,
+            "/bin/echo",
+            "pulled",
+        ])
+        .ok("berth run of the pulled image");
+    assert_eq!(r.stdout, "pulled\n");
+    // A second pull finds it up to date and fetches nothing.
+    d.berth(&["pull", &image]).ok("second berth pull");
+
+    let missing = format!("{}/tools/bb:nosuch", reg.domain);
+    let r = d
+        .berth(&["pull", &missing])
+        .fails_with("pull of an unknown tag", "nosuch");
+    assert!(!r.stderr.contains("\\n"), "{:?}", r.stderr);
+    let listed = d.berth(&["images"]).ok("berth images").stdout;
+    assert!(!listed.contains("nosuch"), "{listed}");
+}
+
+/// `ip -o link show master BRIDGE`: the names of the links on the bridge.
+fn bridge_ports(bridge: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show", "master", bridge])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect()
+}
+
+/// `nft list table ip NAME`, or "" when there is no such table.
+fn nft_table(name: &str) -> String {
+    let out = Command::new("nft")
+        .args(["list", "table", "ip", name])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run nft: {e} (apt-get install nftables)"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One HTTP GET on `addr`; the body.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, TIMEOUT)?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    Ok(answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default())
+}
+
+/// Deletes a test's bridge and its nftables table (berthd leaves both,
+/// as it does berth0 for the next start).
+struct BridgeCleanup(String);
+
+impl Drop for BridgeCleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.0])
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", &self.0])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+#[test]
+fn bridge_containers_reach_each_other_and_publish_ports() {
+    // A bridge and a /24 of this test's own, away from berth0's 10.213/16.
+    let pid = std::process::id();
+    let bridge = format!("bapi{}", pid % 100_000);
+    let subnet = format!("10.237.{}.0/24", pid % 250);
+    let _cleanup = BridgeCleanup(bridge.clone());
+    let d = Daemon::with_bridge(&bridge, &subnet);
+    d.load();
+    let port = free_port();
+    let page = "hello from b";
+    d.berth(&[
+        "run",
+        "-d",
+        "--name",
+        "b",
+        "-p",
+        &format!("{port}:8080"),
+        "busybox",
+        "sh",
+        "-c",
+        &format!(
+            "mkdir -p /srv && echo '{page}' >/srv/index.html && exec httpd -f -p 8080 -h /srv"
+        ),
+    ])
+    .ok("run b");
+    d.berth(&["run", "-d", "--name", "a", "busybox", "sleep", "600"])
+        .ok("run a");
+    let ip_b = d.inspect("b")["NetworkSettings"]["IPAddress"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        ip_b.starts_with(&subnet[..subnet.len() - 4]),
+        "b's address {ip_b:?} is not in {subnet}"
+    );
+
+    // By name, from one container to the other.
+    let r = d.berth(&["exec", "a", "ping", "-c1", "-W5", "b"]);
+    assert_eq!(r.code, 0, "ping b from a: {} {}", r.stdout, r.stderr);
+    let body = wait_for("b's httpd from a", TIMEOUT, || {
+        let r = d.berth(&["exec", "a", "wget", "-qO-", "http://b:8080/"]);
+        (r.code == 0).then_some(r.stdout)
+    });
+    assert_eq!(body.trim(), page);
+
+    // The published port, from the host.
+    let published = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let body = wait_for("the published port", TIMEOUT, || {
+        http_get(published, "/").ok().filter(|b| !b.is_empty())
+    });
+    assert_eq!(body.trim(), page);
+    assert_eq!(
+        bridge_ports(&bridge).len(),
+        2,
+        "{:?}",
+        bridge_ports(&bridge)
+    );
+    let rules = nft_table(&bridge);
+    assert!(rules.contains(&format!("dport {port}")), "{rules}");
+
+    d.berth(&["rm", "-f", "a", "b"]).ok("rm -f a b");
+    assert_eq!(bridge_ports(&bridge), Vec::<String>::new());
+    let rules = nft_table(&bridge);
+    assert!(!rules.contains(&format!("dport {port}")), "{rules}");
+    assert!(!rules.contains(&ip_b), "{rules}");
+    assert!(
+        http_get(published, "/").map_or(true, |b| b.is_empty()),
+        "port {port} still answers"
+    );
 }
