@@ -1,13 +1,14 @@
 //! `make bench`: sizes of the boot artifacts and binaries, boot timings
 //! read from the guest's own console, as medians over several boots, and
-//! netd against peer DHCP clients on the host (see `berth-bench/netd.rs`).
+//! netd against peer DHCP clients on the host (see `berth-bench/netd.rs`),
+//! and the engine against runc, dockerd and tar (`berth-bench/engine.rs`).
 //!
 //! Timings are guest uptime (CLOCK_BOOTTIME inside the VM) as init prints
 //! it, so they do not include QEMU's own start-up; the wall-clock columns do.
 //!
 //! `berth-bench [--only SECTION[,SECTION...]] [IMAGE_DIR]` runs some
-//! sections only (`sizes`, `boot`, `netd`), e.g. `--only netd` for numbers
-//! without booting a VM.
+//! sections only (`sizes`, `boot`, `netd`, `engine`), e.g. `--only netd`
+//! for numbers without booting a VM.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -15,11 +16,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use qemu_tests::{accel, paths, Guest, Image};
 
+#[path = "berth-bench/engine.rs"]
+mod engine;
 #[path = "berth-bench/netd.rs"]
 mod netd;
 
 /// The sections, in the order they run.
-const SECTIONS: [&str; 3] = ["sizes", "boot", "netd"];
+const SECTIONS: [&str; 4] = ["sizes", "boot", "netd", "engine"];
 
 const BOOTS: usize = 5;
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -88,6 +91,9 @@ fn main() -> Result<()> {
     }
     if want("netd") {
         netd::run()?;
+    }
+    if want("engine") {
+        engine::run()?;
     }
     Ok(())
 }
