@@ -362,19 +362,13 @@ fn write_effective_manifest(text: &str) {
 
 /// The daemons present in the image, network first.
 fn daemon_specs(manifest: &Manifest) -> Vec<DaemonSpec> {
-    let config = vec!["--config".to_string(), EFFECTIVE_MANIFEST.to_string()];
     let mut specs = Vec::new();
     for (path, timeout) in [
         (NETD, Duration::from_secs(10)),
         (BERTHD, Duration::from_secs(60)),
     ] {
         if PathBuf::from(path).exists() {
-            let mut args = config.clone();
-            if path == BERTHD {
-                // The workloads' output on the console, `name | line`.
-                args.push("--console-logs".to_string());
-            }
-            specs.push(DaemonSpec::new(path, args, timeout));
+            specs.push(DaemonSpec::new(path, daemon_args(path, manifest), timeout));
         } else {
             log::info!("{path} is not installed");
         }
@@ -387,6 +381,16 @@ fn daemon_specs(manifest: &Manifest) -> Vec<DaemonSpec> {
         );
     }
     specs
+}
+
+/// The command line init gives the daemon at `path`.
+fn daemon_args(path: &str, manifest: &Manifest) -> Vec<String> {
+    let mut args = vec!["--config".to_string(), EFFECTIVE_MANIFEST.to_string()];
+    if path == BERTHD && manifest.system.console_logs {
+        // The workloads' output on the console, `name | line`.
+        args.push("--console-logs".to_string());
+    }
+    args
 }
 
 /// Whether we were started as `modprobe` (by the kernel's request_module).
@@ -448,5 +452,25 @@ fn reap_forever(mode: Mode) -> ! {
             Ok(_) => {}
             Err(_) => std::thread::sleep(Duration::from_secs(1)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn berthd_mirrors_workload_output_only_when_the_manifest_asks() {
+        let quiet = Manifest::parse("[system]\n", "m.toml").unwrap();
+        assert_eq!(
+            daemon_args(BERTHD, &quiet),
+            ["--config", EFFECTIVE_MANIFEST]
+        );
+        let loud = Manifest::parse("[system]\nconsole_logs = true\n", "m.toml").unwrap();
+        assert_eq!(
+            daemon_args(BERTHD, &loud),
+            ["--config", EFFECTIVE_MANIFEST, "--console-logs"]
+        );
+        assert_eq!(daemon_args(NETD, &loud), ["--config", EFFECTIVE_MANIFEST]);
     }
 }

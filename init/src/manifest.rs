@@ -375,6 +375,25 @@ image = "busybox:latest"
     }
 
     #[test]
+    fn console_logs_defaults_to_off_and_must_be_a_bool() {
+        let m = Manifest::parse("[system]\nhostname = \"x\"\n", "m.toml").unwrap();
+        assert!(!m.system.console_logs);
+        let m = Manifest::parse("[system]\nconsole_logs = true\n", "m.toml").unwrap();
+        assert!(m.system.console_logs);
+        let m = Manifest::parse("[system]\nconsole_logs = false\n", "m.toml").unwrap();
+        assert!(!m.system.console_logs);
+        let (line, col, msg) = error("[system]\nconsole_logs = \"yes\"\n");
+        assert_eq!((line, col), (2, 16));
+        assert!(msg.contains("bool"), "{msg}");
+        let (line, col, msg) = error("[system]\nconsole_log = true\n");
+        assert_eq!((line, col), (2, 1));
+        assert_eq!(
+            msg,
+            "unknown key `console_log`; did you mean `console_logs`?"
+        );
+    }
+
+    #[test]
     fn unknown_key_points_at_it_and_suggests() {
         let (line, col, msg) =
             error("[system]\nhostname = \"x\"\n\n[workloads.web]\nimagee = \"busybox\"\n");

@@ -26,6 +26,7 @@ const DEMO: &str = include_str!("../../examples/demo.toml");
 const LIMITS: &str = r#"
 [system]
 hostname = "limits"
+console_logs = true
 
 [workloads.limited]
 image = "busybox:latest"
