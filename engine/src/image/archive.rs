@@ -557,6 +557,87 @@ pub(crate) fn detect_archive(path: &Path) -> Result<Format, ArchiveError> {
     }
 }
 
+/// The names an archive's images are imported under when no name is given
+/// (berthd at boot): `docker save`'s `RepoTags`, or the full names in an OCI
+/// archive's `index.json` (`io.containerd.image.name`, or a
+/// `org.opencontainers.image.ref.name` that is a full reference; a bare tag
+/// names nothing without a base name). Reads only `manifest.json` and
+/// `index.json`, storing nothing, so `berth-build` can check workloads'
+/// images before baking the archive.
+pub fn archive_tags(path: &Path) -> Result<Vec<Reference>, ArchiveError> {
+    let io_err = |source| ArchiveError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(io_err)?;
+    let mut input = BufReader::with_capacity(CHUNK, file);
+    let compression = Compression::detect(input.fill_buf().map_err(io_err)?)
+        .map_err(|e| ArchiveError::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    let mut archive = tar::Archive::new(compression.decoder(input).map_err(io_err)?);
+    let (mut manifest, mut index) = (None, None);
+    for entry in archive.entries().map_err(io_err)? {
+        let mut entry = entry.map_err(io_err)?;
+        let slot = match archive_path(&entry.path_bytes()).as_deref() {
+            Some("manifest.json") => &mut manifest,
+            Some("index.json") => &mut index,
+            _ => continue,
+        };
+        let mut bytes = Vec::new();
+        (&mut entry)
+            .take(INLINE_MAX)
+            .read_to_end(&mut bytes)
+            .map_err(io_err)?;
+        *slot = Some(bytes);
+    }
+    let bad_name = |source| ArchiveError::BadName {
+        path: path.to_owned(),
+        source,
+    };
+    let mut out: Vec<Reference> = Vec::new();
+    if let Some(bytes) = manifest {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Entry {
+            #[serde(default)]
+            repo_tags: Option<Vec<String>>,
+        }
+        let entries: Vec<Entry> =
+            serde_json::from_slice(&bytes).map_err(|e| ArchiveError::BadJson {
+                what: "manifest.json".into(),
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        for tag in entries
+            .into_iter()
+            .flat_map(|e| e.repo_tags.unwrap_or_default())
+        {
+            out.push(Reference::parse(&tag).map_err(bad_name)?.normalized());
+        }
+    } else if let Some(bytes) = index {
+        let index = parse_index(&bytes, "index.json", path)?;
+        for ann in index
+            .manifests()
+            .iter()
+            .filter_map(|d| d.annotations().as_ref())
+        {
+            if let Some(full) = ann.get(CONTAINERD_NAME_ANNOTATION) {
+                out.push(Reference::parse(full).map_err(bad_name)?.normalized());
+            } else if let Some(n) = ann.get(REF_NAME_ANNOTATION) {
+                if let Name::Full(r) = ref_name(n).map_err(bad_name)? {
+                    out.push(r);
+                }
+            }
+        }
+    } else {
+        return Err(ArchiveError::UnknownFormat {
+            path: path.to_owned(),
+        });
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 /// The images of a `docker save` archive.
 pub(crate) fn docker_candidates(
     ctx: Ctx<'_>,
@@ -1069,6 +1150,71 @@ mod tests {
             Some("def/layer.tar")
         );
         assert_eq!(join_relative("", "../x"), None);
+    }
+
+    fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, text) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(text.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, text.as_bytes()).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn archive_tags_read_only_the_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let tags = |name: &str, bytes: Vec<u8>| {
+            let path = dir.path().join(name);
+            fs::write(&path, bytes).unwrap();
+            archive_tags(&path).map(|t| t.iter().map(|r| r.to_string()).collect::<Vec<_>>())
+        };
+        let docker = tar_of(&[
+            ("abc/layer.tar", "not read"),
+            (
+                "manifest.json",
+                r#"[{"Config":"c.json","RepoTags":["busybox","example.com/x/y:1"],"Layers":[]},{"Config":"d.json","RepoTags":null,"Layers":[]}]"#,
+            ),
+        ]);
+        let want = ["docker.io/library/busybox:latest", "example.com/x/y:1"];
+        assert_eq!(tags("d.tar", docker.clone()).unwrap(), want);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        io::Write::write_all(&mut gz, &docker).unwrap();
+        assert_eq!(tags("d.tar.gz", gz.finish().unwrap()).unwrap(), want);
+
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let entry = |ann: &str| {
+            format!(
+                r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{digest}","size":1,"annotations":{{{ann}}}}}"#
+            )
+        };
+        let index = format!(
+            r#"{{"schemaVersion":2,"manifests":[{},{},{}]}}"#,
+            entry(
+                r#""io.containerd.image.name":"docker.io/library/alpine:3.20","org.opencontainers.image.ref.name":"3.20""#
+            ),
+            entry(r#""org.opencontainers.image.ref.name":"quay.io/a/b:v1""#),
+            entry(r#""org.opencontainers.image.ref.name":"v2""#),
+        );
+        let oci = tar_of(&[
+            ("oci-layout", r#"{"imageLayoutVersion":"1.0.0"}"#),
+            ("index.json", &index),
+        ]);
+        assert_eq!(
+            tags("o.tar", oci).unwrap(),
+            ["docker.io/library/alpine:3.20", "quay.io/a/b:v1"]
+        );
+
+        let err = tags("x.tar", tar_of(&[("etc/passwd", "root")])).unwrap_err();
+        assert!(matches!(err, ArchiveError::UnknownFormat { .. }), "{err}");
+        let bad = tar_of(&[("manifest.json", r#"[{"RepoTags":["Bad Name"]}]"#)]);
+        assert!(matches!(
+            tags("b.tar", bad),
+            Err(ArchiveError::BadName { .. })
+        ));
     }
 
     #[test]

@@ -57,7 +57,7 @@ use std::sync::{Mutex, MutexGuard, RwLock};
 use oci_spec::image::{ImageConfiguration, ImageManifest};
 use serde::{Deserialize, Serialize};
 
-pub use archive::Format;
+pub use archive::{archive_tags, Format};
 use archive::{ArchiveError, ArchiveFiles, Candidate, Ctx, LayoutDir, Name, Source};
 pub use digest::Digest;
 pub use pull::{PullError, PullOptions, PullProgress};
