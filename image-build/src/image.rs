@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use engine::image::archive::ArchiveError;
+use engine::image::{archive_tags, Reference, ReferenceError};
 use init::manifest::{Manifest, ManifestError};
 
 use crate::initrd::{self, Include, InitrdError, Tree};
@@ -36,6 +38,31 @@ pub enum ImageError {
     /// `--image` names something berthd would not load.
     #[error("--image {0}: {1}")]
     BadImage(PathBuf, &'static str),
+    /// The names of an `--image` archive's images could not be read.
+    #[error("--image {0}: cannot read the names of its images")]
+    ImageNames(PathBuf, #[source] ArchiveError),
+    /// A workload's image does not parse as a reference.
+    #[error("workload {workload}: image {image} is not a valid image reference")]
+    BadImageRef {
+        /// The workload's name.
+        workload: String,
+        /// Its `image`.
+        image: String,
+        /// Why.
+        #[source]
+        source: ReferenceError,
+    },
+    /// A workload's image is in none of the `--image` archives, so berthd
+    /// could not start it at boot.
+    #[error("workload {workload}: image {image} is in none of the --image archives ({held})")]
+    ImageMissing {
+        /// The workload's name.
+        workload: String,
+        /// Its `image`, as the manifest writes it.
+        image: String,
+        /// What the archives hold, as a phrase.
+        held: String,
+    },
 }
 
 /// Where baked image archives go; berthd loads every archive there at start.
@@ -153,6 +180,12 @@ pub fn build(req: &Request) -> Result<Report, ImageError> {
         images.push(format!("/{dest}"));
     }
 
+    let mut tags = Vec::new();
+    for src in &req.images {
+        tags.extend(archive_tags(src).map_err(|e| ImageError::ImageNames(src.clone(), e))?);
+    }
+    check_workload_images(&manifest, req.images.len(), &tags)?;
+
     let kernel = kernel::resolve(&req.kernel)?;
     let modules = ModuleTree::open(&kernel.modules, &kernel.release)?;
     let required: Vec<String> = manifest
@@ -213,6 +246,45 @@ pub fn build(req: &Request) -> Result<Report, ImageError> {
     })
 }
 
+/// Checks that every workload's image is one of `tags` (the names the
+/// `archives` `--image` archives carry), compared the way berthd resolves them:
+/// `busybox`, `busybox:latest` and `docker.io/library/busybox:latest` are
+/// one image. A reference pinned by digest is not checked: a docker-save
+/// archive's manifest digest is only known once berthd imports it.
+fn check_workload_images(
+    manifest: &Manifest,
+    archives: usize,
+    tags: &[Reference],
+) -> Result<(), ImageError> {
+    for (name, workload) in &manifest.workloads {
+        let image = &workload.image.0;
+        let missing = |held: String| ImageError::ImageMissing {
+            workload: name.clone(),
+            image: image.clone(),
+            held,
+        };
+        let wanted = Reference::parse(image).map_err(|e| ImageError::BadImageRef {
+            workload: name.clone(),
+            image: image.clone(),
+            source: e,
+        })?;
+        if wanted.digest().is_some() || tags.contains(&wanted.normalized()) {
+            continue;
+        }
+        let mut held: Vec<String> = tags.iter().map(Reference::familiar).collect();
+        held.sort();
+        held.dedup();
+        return Err(missing(if archives == 0 {
+            "no --image was given".into()
+        } else if held.is_empty() {
+            "they hold no named image".into()
+        } else {
+            format!("they hold: {}", held.join(", "))
+        }));
+    }
+    Ok(())
+}
+
 fn copy_atomic(src: &Path, dest: &Path) -> Result<(), ImageError> {
     let data = std::fs::read(src).map_err(|e| InitrdError::Read(src.to_path_buf(), e))?;
     write_atomic(dest, &data)
@@ -223,4 +295,55 @@ fn write_atomic(dest: &Path, data: &[u8]) -> Result<(), ImageError> {
     std::fs::write(&tmp, data)
         .and_then(|()| std::fs::rename(&tmp, dest))
         .map_err(|e| ImageError::Write(dest.to_path_buf(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(image: &str, archives: usize, tags: &[&str]) -> Result<(), String> {
+        let text = format!("[workloads.web]\nimage = \"{image}\"\n");
+        let manifest = Manifest::parse(&text, "m.toml").unwrap();
+        let tags: Vec<Reference> = tags
+            .iter()
+            .map(|t| Reference::parse(t).unwrap().normalized())
+            .collect();
+        check_workload_images(&manifest, archives, &tags).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn workload_images_match_like_docker_names_them() {
+        let held = ["busybox:latest"];
+        for image in [
+            "busybox",
+            "busybox:latest",
+            "docker.io/library/busybox:latest",
+        ] {
+            assert_eq!(check(image, 1, &held), Ok(()), "{image}");
+        }
+        let digest = format!("busybox@sha256:{}", "a".repeat(64));
+        assert_eq!(check(&digest, 1, &held), Ok(()));
+        assert_eq!(
+            check("busybox:1.36", 1, &["busybox:latest", "quay.io/a/b:v1"]),
+            Err(
+                "workload web: image busybox:1.36 is in none of the --image archives \
+                 (they hold: busybox:latest, quay.io/a/b:v1)"
+                    .into()
+            )
+        );
+        assert_eq!(
+            check("library/busybox:latest", 0, &[]),
+            Err(
+                "workload web: image library/busybox:latest is in none of the --image archives \
+                 (no --image was given)"
+                    .into()
+            )
+        );
+        assert!(check("example.com/busybox", 1, &held)
+            .unwrap_err()
+            .ends_with("(they hold: busybox:latest)"));
+        assert!(check("busybox", 2, &[])
+            .unwrap_err()
+            .ends_with("(they hold no named image)"));
+    }
 }

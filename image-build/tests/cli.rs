@@ -395,3 +395,63 @@ fn build_is_deterministic_and_holds_what_init_needs() {
         .modules_for_alias("pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00")
         .contains(&"virtio_pci"));
 }
+
+/// A `docker save`-shaped archive whose only image is tagged `tag`; the
+/// builder reads nothing but `manifest.json`.
+fn docker_archive(path: &Path, tag: &str) -> PathBuf {
+    let manifest = format!(r#"[{{"Config":"c.json","RepoTags":["{tag}"],"Layers":[]}}]"#);
+    let mut tar = tar::Builder::new(std::fs::File::create(path).unwrap());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(manifest.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "manifest.json", manifest.as_bytes())
+        .unwrap();
+    tar.finish().unwrap();
+    path.to_path_buf()
+}
+
+#[test]
+fn build_refuses_a_workload_whose_image_no_archive_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = bin_dir(dir.path());
+    let archive = docker_archive(&dir.path().join("busybox.tar"), "busybox:latest");
+    let archive = archive.to_str().unwrap();
+    let out_dir = dir.path().join("out");
+
+    let wrong = write(
+        &dir.path().join("wrong.toml"),
+        "[workloads.web]\nimage = \"busybox:1.36\"\n",
+    );
+    let out = build(&wrong, &out_dir, &bin, &["--image", archive]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "berth-build: workload web: image busybox:1.36 is in none of the --image archives \
+         (they hold: busybox:latest)\n"
+    );
+    let out = build(&wrong, &out_dir, &bin, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).ends_with("(no --image was given)\n"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!out_dir.join("initrd.img").exists());
+
+    // `busybox` is `busybox:latest` is `docker.io/library/busybox:latest`.
+    let right = write(
+        &dir.path().join("right.toml"),
+        "[workloads.web]\nimage = \"docker.io/library/busybox\"\n\n\
+         [workloads.sh]\nimage = \"busybox\"\n",
+    );
+    let out = build(&right, &out_dir, &bin, &["--image", archive]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (_, names) = list(&out_dir.join("initrd.img"));
+    assert!(
+        names
+            .iter()
+            .any(|n| n == "usr/share/berth/images/busybox.tar"),
+        "{names:?}"
+    );
+}
