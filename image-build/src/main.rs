@@ -4,6 +4,7 @@
 mod accel;
 mod cache;
 mod cpio;
+mod disk;
 mod elf;
 mod image;
 mod initrd;
@@ -73,6 +74,22 @@ enum Command {
         /// .tar.zst) into the image; berthd loads it at boot (repeatable).
         #[arg(long, value_name = "FILE")]
         image: Vec<PathBuf>,
+    },
+    /// Writes an ext4 data disk labelled berth-data (berthd's state; init
+    /// reads a manifest at its root), for `run --disk`.
+    Disk {
+        /// The image file.
+        #[arg(short, long, value_name = "FILE")]
+        out: PathBuf,
+        /// Its size, like 64M or 1G.
+        #[arg(long, value_name = "SIZE")]
+        size: String,
+        /// A boot manifest, validated and put at /manifest.toml.
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
     },
     /// Boots DIR (made by `build`) in QEMU with the serial console on stdio.
     Run {
@@ -205,6 +222,31 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     format!(", images {}", report.images.join(" "))
                 },
                 report.initrd_bytes.div_ceil(1024)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Disk {
+            out,
+            size,
+            manifest,
+            force,
+        } => {
+            let request = disk::Request {
+                out,
+                size,
+                manifest,
+                force,
+            };
+            let size = disk::make(&request)?;
+            eprintln!(
+                "berth-build: wrote {}: ext4 labelled {}, {size}{}",
+                request.out.display(),
+                disk::LABEL,
+                if request.manifest.is_some() {
+                    ", with /manifest.toml"
+                } else {
+                    ""
+                }
             );
             Ok(ExitCode::SUCCESS)
         }

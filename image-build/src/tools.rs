@@ -45,6 +45,8 @@ pub enum Tool {
     DpkgDeb,
     /// `qemu-system-x86_64` (boots images).
     Qemu,
+    /// `mkfs.ext4` (makes data disks).
+    Mkfs,
 }
 
 impl Tool {
@@ -54,6 +56,7 @@ impl Tool {
             Tool::AptGet => "apt-get",
             Tool::DpkgDeb => "dpkg-deb",
             Tool::Qemu => "qemu-system-x86_64",
+            Tool::Mkfs => "mkfs.ext4",
         }
     }
 
@@ -63,6 +66,7 @@ impl Tool {
             Tool::AptGet => "apt",
             Tool::DpkgDeb => "dpkg",
             Tool::Qemu => "qemu-system-x86",
+            Tool::Mkfs => "e2fsprogs",
         }
     }
 

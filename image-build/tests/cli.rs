@@ -455,3 +455,70 @@ fn build_refuses_a_workload_whose_image_no_archive_holds() {
         "{names:?}"
     );
 }
+
+fn disk(args: &[&Path]) -> Output {
+    let mut all: Vec<&std::ffi::OsStr> = vec!["disk".as_ref()];
+    all.extend(args.iter().map(|a| a.as_os_str()));
+    berth_build(&all)
+}
+
+#[test]
+fn disk_makes_a_berth_data_ext4_holding_the_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write(&dir.path().join("m.toml"), MANIFEST);
+    let img = dir.path().join("data.img");
+    let (o, size, m, force) = (
+        Path::new("-o"),
+        Path::new("--size"),
+        Path::new("--manifest"),
+        Path::new("--force"),
+    );
+
+    let out = disk(&[o, &img, size, "16M".as_ref(), m, &manifest]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 16 << 20);
+    let fs = ext4_view::Ext4::load(Box::new(std::fs::File::open(&img).unwrap())).unwrap();
+    assert_eq!(fs.label().to_str().unwrap(), "berth-data");
+    assert_eq!(fs.read_to_string("/manifest.toml").unwrap(), MANIFEST);
+
+    // An existing file is kept unless --force.
+    let out = disk(&[o, &img, size, "8M".as_ref()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "berth-build: {} exists (give --force to replace it)\n",
+            img.display()
+        )
+    );
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 16 << 20);
+    let out = disk(&[o, &img, size, "8M".as_ref(), force]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let fs = ext4_view::Ext4::load(Box::new(std::fs::File::open(&img).unwrap())).unwrap();
+    assert_eq!(fs.label().to_str().unwrap(), "berth-data");
+    assert!(!fs.exists("/manifest.toml").unwrap());
+
+    // A manifest that does not validate is not put on a disk.
+    let bad = write(&dir.path().join("bad.toml"), "[system]\ncolour = 1\n");
+    let other = dir.path().join("other.img");
+    let out = disk(&[o, &other, size, "8M".as_ref(), m, &bad]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("{}:2:1: unknown key `colour`", bad.display())),
+        "{}",
+        stderr(&out)
+    );
+    let out = disk(&[o, &other, size, "lots".as_ref()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--size: invalid size"),
+        "{}",
+        stderr(&out)
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains("tmp") || n == "other.img")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
