@@ -51,7 +51,7 @@ lint: setup
 # Host tests (root, namespaces) and the QEMU boot tests against the static
 # binaries built above; the demo build first fills the kernel cache.
 test: lint out/demo
-	BERTH_BIN_DIR=$(BIN_DIR) cargo test --locked --workspace -- --test-threads=$$(nproc)
+	BERTH_BIN_DIR=$(BIN_DIR) cargo test --locked --workspace --no-fail-fast -- --test-threads=$$(nproc)
 
 bench: out/demo
 	BERTH_BIN_DIR=$(BIN_DIR) cargo run --release --locked -p qemu-tests --bin berth-bench

@@ -260,7 +260,7 @@ fn logs_keep_streams_apart_with_timestamps_and_tail() {
     let before = SystemTime::now();
     let id = m
         .create(sh(
-            "echo out1; echo err1 >&2; usleep 50000; echo out2; printf partial",
+            "echo out1; echo err1 >&2; usleep 300000; echo out2; printf partial",
         ))
         .unwrap();
     m.start(&id).unwrap();
@@ -277,9 +277,12 @@ fn logs_keep_streams_apart_with_timestamps_and_tail() {
     for e in &all {
         assert!(e.time >= before && e.time <= SystemTime::now());
     }
+    // Lines are stamped when the monitor reads them: 300 ms apart when
+    // written, at least 150 ms apart however late a busy host schedules the
+    // reader of the first.
     let gap = out[1].time.duration_since(out[0].time).unwrap();
     assert!(
-        gap >= Duration::from_millis(50),
+        gap >= Duration::from_millis(150),
         "out2 came {gap:?} after out1: {all:?}"
     );
     let only_err = logs(
@@ -309,12 +312,13 @@ fn logs_keep_streams_apart_with_timestamps_and_tail() {
         },
     );
     assert_eq!(text(&since), "out2\npartial");
-    // Docker's json-file format on disk.
+    // Docker's json-file format on disk. The two streams are read by two
+    // pumps, so which of out1 and err1 comes first in the file is not fixed.
     let raw = fs::read_to_string(m.inspect(&id).unwrap().log_path).unwrap();
-    let first = raw.lines().next().unwrap();
     assert!(
-        first.starts_with("{\"log\":\"out1\\n\",\"stream\":\"stdout\",\"time\":\"20"),
-        "{first}"
+        raw.lines()
+            .any(|l| l.starts_with("{\"log\":\"out1\\n\",\"stream\":\"stdout\",\"time\":\"20")),
+        "{raw}"
     );
 }
 
