@@ -23,6 +23,7 @@ pub mod accel;
 pub mod console;
 pub mod disk;
 pub mod guest;
+pub mod http;
 pub mod image;
 pub mod paths;
 pub mod qmp;

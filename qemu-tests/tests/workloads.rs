@@ -4,13 +4,11 @@
 //! forwarding, and the cgroup limits the host's hybrid cgroups cannot
 //! enforce (this is where the engine's limits are tested).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{anyhow, bail, ensure, Result};
-use qemu_tests::{busybox_archive, Guest, Image};
+use anyhow::{anyhow, ensure, Result};
+use qemu_tests::{busybox_archive, http, Guest, Image};
 
 /// From QEMU start to `berth: ready` with workloads: a TCG boot, the image
 /// import and the containers' start, on two shared cores.
@@ -58,30 +56,6 @@ fn image(
     .map_err(|e| anyhow!("{e}"))
 }
 
-/// `GET /` on 127.0.0.1:`port` until the body contains `want` or `timeout`
-/// passes (the port forward accepts before the guest's server is up).
-fn http_get_until(port: u16, want: &str, timeout: Duration) -> Result<String> {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        let attempt = (|| -> std::io::Result<String> {
-            let mut s = TcpStream::connect(("127.0.0.1", port))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            s.write_all(b"GET / HTTP/1.0\r\nHost: berth\r\n\r\n")?;
-            let mut body = String::new();
-            s.read_to_string(&mut body)?;
-            Ok(body)
-        })();
-        match attempt {
-            Ok(body) if body.contains(want) => return Ok(body),
-            Ok(body) => last = format!("answer without {want:?}: {body:?}"),
-            Err(e) => last = e.to_string(),
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    bail!("no page with {want:?} on 127.0.0.1:{port} within {timeout:?}; last: {last}")
-}
-
 fn power_off_cleanly(guest: &mut Guest) -> Result<()> {
     guest.power_button()?;
     guest.expect_console(r"berth: power off$", SHUTDOWN)?;
@@ -113,7 +87,7 @@ fn the_demo_appliance_serves_its_page_through_a_published_port() -> Result<()> {
         .ok_or_else(|| anyhow!("no host port forwarded to the guest's 80"))?;
     // Host → QEMU → the guest's eth0:80 → nftables DNAT → web:8080, which
     // serves the page `content` wrote into the shared volume.
-    let page = http_get_until(port, "hello from berth", Duration::from_secs(60))?;
+    let page = http::get_until(port, "hello from berth", Duration::from_secs(60))?;
     assert!(page.starts_with("HTTP/1."), "{page}");
     power_off_cleanly(&mut guest)
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use qemu_tests::{accel, paths, Guest, Image};
+use qemu_tests::{accel, http, paths, Guest, Image};
 
 #[path = "berth-bench/engine.rs"]
 mod engine;
@@ -30,13 +30,50 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Reads one phase's duration from a boot.
 type Phase = fn(&Boot) -> u64;
+/// Reads a phase that only some images have (no netd, no berthd, no port).
+type OptionalPhase = fn(&Boot) -> Option<u64>;
+
+fn print_row(name: &str, sorted: &[u64]) {
+    println!(
+        "{name:<40} {:>10} {:>10} {:>10}",
+        median(sorted),
+        sorted[0],
+        sorted[sorted.len() - 1]
+    );
+}
+
+/// Guest uptime in ms of init's `[  S.mmm] berth: WHAT` line.
+fn milestone(guest: &mut Guest, what: &str) -> Result<Option<u64>> {
+    let console = guest.console();
+    if !console.contains(&format!("berth: {what}")) {
+        return Ok(None);
+    }
+    let m = guest.expect_console_anywhere(
+        &format!(r"^\[\s*(\d+)\.(\d{{3}})\] berth: {}$", regex::escape(what)),
+        SHUTDOWN_TIMEOUT,
+    )?;
+    let (s, ms): (u64, u64) = (m.parse(1).context("seconds")?, m.parse(2).context("ms")?);
+    Ok(Some(s * 1000 + ms))
+}
+
 
 /// One boot's measurements, in milliseconds.
 struct Boot {
     /// Guest uptime when init started: kernel start → /init.
     kernel_to_init: u64,
-    /// Guest uptime from init start to the ready line.
+    /// Guest uptime from init start to the ready line (everything declared
+    /// running).
     init_to_ready: u64,
+    /// Guest uptime from init start to netd's readiness.
+    init_to_network: Option<u64>,
+    /// Guest uptime from netd's readiness to berthd's (images loaded,
+    /// workloads running).
+    network_to_engine: Option<u64>,
+    /// Workloads the ready line counted.
+    workloads: u64,
+    /// Wall time from the ready line to the first HTTP answer through the
+    /// forwarded port 80 (when the image publishes one).
+    ready_to_http: Option<u64>,
     /// Guest uptime at the ready line.
     ready_uptime: u64,
     /// Wall time from starting QEMU to seeing the ready line.
@@ -144,12 +181,27 @@ fn boot(image_dir: &Path) -> Result<()> {
     for (name, get) in rows {
         let mut values: Vec<u64> = boots.iter().map(get).collect();
         values.sort_unstable();
-        println!(
-            "{name:<40} {:>10} {:>10} {:>10}",
-            median(&values),
-            values[0],
-            values[values.len() - 1]
-        );
+        print_row(name, &values);
+    }
+    let workloads = boots.iter().map(|b| b.workloads).max().unwrap_or(0);
+    let optional: [(String, OptionalPhase); 4] = [
+        ("init -> network ready (guest)".into(), |b| b.init_to_network),
+        (
+            "network ready -> engine ready (guest)".into(),
+            |b| b.network_to_engine,
+        ),
+        (
+            format!("init -> {workloads} workloads running (guest)"),
+            |b| (b.workloads > 0).then_some(b.init_to_ready),
+        ),
+        ("ready -> first HTTP answer (wall)".into(), |b| b.ready_to_http),
+    ];
+    for (name, get) in optional {
+        let mut values: Vec<u64> = boots.iter().filter_map(get).collect();
+        if values.len() == boots.len() {
+            values.sort_unstable();
+            print_row(&name, &values);
+        }
     }
     let init_share: Vec<u64> = {
         let mut v: Vec<u64> = boots
@@ -169,17 +221,35 @@ fn boot(image_dir: &Path) -> Result<()> {
 
 fn boot_once(image: &Image) -> Result<Boot> {
     let started = Instant::now();
-    let mut guest = Guest::from_image(image).memory_mb(512).boot()?;
+    let mut guest = Guest::from_image(image)
+        .memory_mb(512)
+        .forward_free_port(80)
+        .boot()?;
     let init = guest.expect_console(r"berth: init started uptime_ms=(\d+)", READY_TIMEOUT)?;
     let kernel_to_init: u64 = init.parse(1).context("init uptime")?;
-    let ready =
-        guest.expect_console(r"berth: ready uptime_ms=(\d+) workloads=\d+", READY_TIMEOUT)?;
+    let ready = guest.expect_console(
+        r"berth: ready uptime_ms=(\d+) workloads=(\d+)",
+        READY_TIMEOUT,
+    )?;
     let wall_to_ready = started.elapsed().as_millis() as u64;
     let ready_uptime: u64 = ready.parse(1).context("ready uptime")?;
+    let workloads: u64 = ready.parse(2).context("workloads")?;
     ensure!(
         ready_uptime >= kernel_to_init,
         "ready ({ready_uptime} ms) before init started ({kernel_to_init} ms)"
     );
+    // A page on port 80 when the image publishes one (the demo does).
+    let ready_to_http = match guest.host_port(80) {
+        Some(port) if workloads > 0 => {
+            let asked = Instant::now();
+            http::get_until(port, "HTTP/1.", Duration::from_secs(30))
+                .ok()
+                .map(|_| asked.elapsed().as_millis() as u64)
+        }
+        _ => None,
+    };
+    let network = milestone(&mut guest, "berth-netd ready")?;
+    let engine = milestone(&mut guest, "berthd ready")?;
     let pressed = Instant::now();
     guest.power_button()?;
     guest.expect_console(r"berth: power off", SHUTDOWN_TIMEOUT)?;
@@ -188,6 +258,13 @@ fn boot_once(image: &Image) -> Result<Boot> {
     Ok(Boot {
         kernel_to_init,
         init_to_ready: ready_uptime - kernel_to_init,
+        init_to_network: network.map(|n| n.saturating_sub(kernel_to_init)),
+        network_to_engine: match (network, engine) {
+            (Some(n), Some(e)) => Some(e.saturating_sub(n)),
+            _ => None,
+        },
+        workloads,
+        ready_to_http,
         ready_uptime,
         wall_to_ready,
         wall_power_off: pressed.elapsed().as_millis() as u64,
