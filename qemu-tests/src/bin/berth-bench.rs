@@ -56,7 +56,6 @@ fn milestone(guest: &mut Guest, what: &str) -> Result<Option<u64>> {
     Ok(Some(s * 1000 + ms))
 }
 
-
 /// One boot's measurements, in milliseconds.
 struct Boot {
     /// Guest uptime when init started: kernel start → /init.
@@ -185,16 +184,19 @@ fn boot(image_dir: &Path) -> Result<()> {
     }
     let workloads = boots.iter().map(|b| b.workloads).max().unwrap_or(0);
     let optional: [(String, OptionalPhase); 4] = [
-        ("init -> network ready (guest)".into(), |b| b.init_to_network),
-        (
-            "network ready -> engine ready (guest)".into(),
-            |b| b.network_to_engine,
-        ),
+        ("init -> network ready (guest)".into(), |b| {
+            b.init_to_network
+        }),
+        ("network ready -> engine ready (guest)".into(), |b| {
+            b.network_to_engine
+        }),
         (
             format!("init -> {workloads} workloads running (guest)"),
             |b| (b.workloads > 0).then_some(b.init_to_ready),
         ),
-        ("ready -> first HTTP answer (wall)".into(), |b| b.ready_to_http),
+        ("ready -> first HTTP answer (wall)".into(), |b| {
+            b.ready_to_http
+        }),
     ];
     for (name, get) in optional {
         let mut values: Vec<u64> = boots.iter().filter_map(get).collect();
