@@ -157,16 +157,24 @@ pub fn build(req: &Request) -> Result<Report, ImageError> {
     let mut images = Vec::new();
     for src in &req.images {
         let name = src.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if ![".tar", ".tar.gz", ".tgz", ".tar.zst"]
-            .iter()
-            .any(|ext| name.ends_with(ext))
+        let layout = src.join("oci-layout").is_file() && src.join("index.json").is_file();
+        if src.is_dir() && !layout {
+            return Err(ImageError::BadImage(
+                src.clone(),
+                "a directory must be an OCI image layout (oci-layout and index.json)",
+            ));
+        }
+        if !layout
+            && ![".tar", ".tar.gz", ".tgz", ".tar.zst"]
+                .iter()
+                .any(|ext| name.ends_with(ext))
         {
             return Err(ImageError::BadImage(
                 src.clone(),
-                "name an archive ending in .tar, .tar.gz, .tgz or .tar.zst (docker save or OCI)",
+                "name an archive ending in .tar, .tar.gz, .tgz or .tar.zst (docker save or OCI), or an OCI layout directory",
             ));
         }
-        if !std::fs::metadata(src).is_ok_and(|m| m.is_file()) {
+        if !layout && !std::fs::metadata(src).is_ok_and(|m| m.is_file()) {
             return Err(ImageError::BadImage(src.clone(), "no such file"));
         }
         let dest = format!("{IMAGES_DIR}/{name}");

@@ -454,6 +454,54 @@ fn build_refuses_a_workload_whose_image_no_archive_holds() {
             .any(|n| n == "usr/share/berth/images/busybox.tar"),
         "{names:?}"
     );
+
+    // An OCI image layout directory is baked as a directory, named by its
+    // index.json; any other directory is refused.
+    let layout = dir.path().join("alpine-layout");
+    std::fs::create_dir(&layout).unwrap();
+    write(
+        &layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    );
+    write(
+        &layout.join("index.json"),
+        &format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{}","size":1,"annotations":{{"io.containerd.image.name":"docker.io/library/alpine:3"}}}}]}}"#,
+            "a".repeat(64)
+        ),
+    );
+    let alpine = write(
+        &dir.path().join("alpine.toml"),
+        "[workloads.web]\nimage = \"alpine:3\"\n",
+    );
+    let out = build(
+        &alpine,
+        &out_dir,
+        &bin,
+        &["--image", layout.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (_, names) = list(&out_dir.join("initrd.img"));
+    assert!(
+        names
+            .iter()
+            .any(|n| n == "usr/share/berth/images/alpine-layout/index.json"),
+        "{names:?}"
+    );
+    let plain = dir.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    let out = build(
+        &alpine,
+        &out_dir,
+        &bin,
+        &["--image", plain.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("a directory must be an OCI image layout"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 fn disk(args: &[&Path]) -> Output {

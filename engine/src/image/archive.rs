@@ -559,36 +559,20 @@ pub(crate) fn detect_archive(path: &Path) -> Result<Format, ArchiveError> {
 
 /// The names an archive's images are imported under when no name is given
 /// (berthd at boot): `docker save`'s `RepoTags`, or the full names in an OCI
-/// archive's `index.json` (`io.containerd.image.name`, or a
-/// `org.opencontainers.image.ref.name` that is a full reference; a bare tag
-/// names nothing without a base name). Reads only `manifest.json` and
-/// `index.json`, storing nothing, so `berth-build` can check workloads'
+/// archive's or OCI layout directory's `index.json`
+/// (`io.containerd.image.name`, or a `org.opencontainers.image.ref.name`
+/// that is a full reference; a bare tag names nothing without a base name).
+/// Reads only `manifest.json` and `index.json`, storing nothing, so `berth-build` can check workloads'
 /// images before baking the archive.
 pub fn archive_tags(path: &Path) -> Result<Vec<Reference>, ArchiveError> {
-    let io_err = |source| ArchiveError::Io {
-        path: path.to_owned(),
-        source,
+    let (manifest, index) = if path.is_dir() {
+        // An OCI image layout: its index.json names the images.
+        let file = path.join("index.json");
+        let bytes = fs::read(&file).map_err(|source| ArchiveError::Io { path: file, source })?;
+        (None, Some(bytes))
+    } else {
+        archive_json(path)?
     };
-    let file = File::open(path).map_err(io_err)?;
-    let mut input = BufReader::with_capacity(CHUNK, file);
-    let compression = Compression::detect(input.fill_buf().map_err(io_err)?)
-        .map_err(|e| ArchiveError::Invalid(format!("cannot read {}: {e}", path.display())))?;
-    let mut archive = tar::Archive::new(compression.decoder(input).map_err(io_err)?);
-    let (mut manifest, mut index) = (None, None);
-    for entry in archive.entries().map_err(io_err)? {
-        let mut entry = entry.map_err(io_err)?;
-        let slot = match archive_path(&entry.path_bytes()).as_deref() {
-            Some("manifest.json") => &mut manifest,
-            Some("index.json") => &mut index,
-            _ => continue,
-        };
-        let mut bytes = Vec::new();
-        (&mut entry)
-            .take(INLINE_MAX)
-            .read_to_end(&mut bytes)
-            .map_err(io_err)?;
-        *slot = Some(bytes);
-    }
     let bad_name = |source| ArchiveError::BadName {
         path: path.to_owned(),
         source,
@@ -636,6 +620,38 @@ pub fn archive_tags(path: &Path) -> Result<Vec<Reference>, ArchiveError> {
     out.sort();
     out.dedup();
     Ok(out)
+}
+
+/// An archive's `manifest.json` and `index.json`, each if present.
+type JsonFiles = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// `manifest.json` and `index.json` of an archive (either may be absent).
+fn archive_json(path: &Path) -> Result<JsonFiles, ArchiveError> {
+    let io_err = |source| ArchiveError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(io_err)?;
+    let mut input = BufReader::with_capacity(CHUNK, file);
+    let compression = Compression::detect(input.fill_buf().map_err(io_err)?)
+        .map_err(|e| ArchiveError::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    let mut archive = tar::Archive::new(compression.decoder(input).map_err(io_err)?);
+    let (mut manifest, mut index) = (None, None);
+    for entry in archive.entries().map_err(io_err)? {
+        let mut entry = entry.map_err(io_err)?;
+        let slot = match archive_path(&entry.path_bytes()).as_deref() {
+            Some("manifest.json") => &mut manifest,
+            Some("index.json") => &mut index,
+            _ => continue,
+        };
+        let mut bytes = Vec::new();
+        (&mut entry)
+            .take(INLINE_MAX)
+            .read_to_end(&mut bytes)
+            .map_err(io_err)?;
+        *slot = Some(bytes);
+    }
+    Ok((manifest, index))
 }
 
 /// The images of a `docker save` archive.
