@@ -527,9 +527,8 @@ pub enum Format {
     OciLayout,
 }
 
-/// Detects the format of an archive by listing its entries (without
-/// storing anything).
-pub(crate) fn detect_archive(path: &Path) -> Result<Format, ArchiveError> {
+/// An archive file as a tar stream, decompressed if it is compressed.
+fn open_archive(path: &Path) -> Result<tar::Archive<Box<dyn Read + Send>>, ArchiveError> {
     let io_err = |source| ArchiveError::Io {
         path: path.to_owned(),
         source,
@@ -538,7 +537,19 @@ pub(crate) fn detect_archive(path: &Path) -> Result<Format, ArchiveError> {
     let mut input = BufReader::with_capacity(CHUNK, file);
     let compression = Compression::detect(input.fill_buf().map_err(io_err)?)
         .map_err(|e| ArchiveError::Invalid(format!("cannot read {}: {e}", path.display())))?;
-    let mut archive = tar::Archive::new(compression.decoder(input).map_err(io_err)?);
+    Ok(tar::Archive::new(
+        compression.decoder(input).map_err(io_err)?,
+    ))
+}
+
+/// Detects the format of an archive by listing its entries (without
+/// storing anything).
+pub(crate) fn detect_archive(path: &Path) -> Result<Format, ArchiveError> {
+    let io_err = |source| ArchiveError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut archive = open_archive(path)?;
     let mut oci = false;
     for entry in archive.entries().map_err(io_err)? {
         let entry = entry.map_err(io_err)?;
@@ -631,11 +642,7 @@ fn archive_json(path: &Path) -> Result<JsonFiles, ArchiveError> {
         path: path.to_owned(),
         source,
     };
-    let file = File::open(path).map_err(io_err)?;
-    let mut input = BufReader::with_capacity(CHUNK, file);
-    let compression = Compression::detect(input.fill_buf().map_err(io_err)?)
-        .map_err(|e| ArchiveError::Invalid(format!("cannot read {}: {e}", path.display())))?;
-    let mut archive = tar::Archive::new(compression.decoder(input).map_err(io_err)?);
+    let mut archive = open_archive(path)?;
     let (mut manifest, mut index) = (None, None);
     for entry in archive.entries().map_err(io_err)? {
         let mut entry = entry.map_err(io_err)?;

@@ -438,21 +438,7 @@ impl ImageStore {
 
         let mut index = self.lock_index();
         for (imported, record) in out.iter().zip(records) {
-            for tag in &imported.tags {
-                move_tag(&mut index, &tag.to_string(), &imported.manifest_digest);
-            }
-            match index.images.get_mut(&imported.manifest_digest) {
-                Some(existing) => {
-                    for t in record.tags {
-                        if !existing.tags.contains(&t) {
-                            existing.tags.push(t);
-                        }
-                    }
-                }
-                None => {
-                    index.images.insert(imported.manifest_digest, record);
-                }
-            }
+            record_image(&mut index, imported, record);
         }
         self.save_index(&index)?;
         Ok(out)
@@ -862,6 +848,26 @@ fn referenced(index: &Index) -> (HashSet<Digest>, HashSet<Digest>) {
         }
     }
     (blobs, layers)
+}
+
+/// Records an imported or pulled image: its tags move to it from any other
+/// image, and an image already known keeps its tags and gains the new ones.
+fn record_image(index: &mut Index, imported: &ImportedImage, record: ImageRecord) {
+    for tag in &imported.tags {
+        move_tag(index, &tag.to_string(), &imported.manifest_digest);
+    }
+    match index.images.get_mut(&imported.manifest_digest) {
+        Some(existing) => {
+            for t in record.tags {
+                if !existing.tags.contains(&t) {
+                    existing.tags.push(t);
+                }
+            }
+        }
+        None => {
+            index.images.insert(imported.manifest_digest, record);
+        }
+    }
 }
 
 /// Takes `tag` off every image other than `to` (the old image stays, dangling

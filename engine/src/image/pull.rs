@@ -54,7 +54,7 @@ use super::layer::{self, Compression, Unpacked};
 use super::pipe::{self, read_up_to, CHUNK};
 use super::reference::Reference;
 use super::store::{BlobError, TMP_PREFIX};
-use super::{move_tag, referenced, ImageError, ImageStore, ImportedImage};
+use super::{record_image, referenced, ImageError, ImageStore, ImportedImage};
 use registry::{header, read_small, size_error, transient, Registry};
 
 /// Chunks in flight between the downloading and the unpacking thread.
@@ -464,21 +464,7 @@ impl ImageStore {
         })?;
 
         let mut index = self.lock_index();
-        for t in &imported.tags {
-            move_tag(&mut index, &t.to_string(), &imported.manifest_digest);
-        }
-        match index.images.get_mut(&imported.manifest_digest) {
-            Some(existing) => {
-                for t in record.tags {
-                    if !existing.tags.contains(&t) {
-                        existing.tags.push(t);
-                    }
-                }
-            }
-            None => {
-                index.images.insert(imported.manifest_digest, record);
-            }
-        }
+        record_image(&mut index, &imported, record);
         self.save_index(&index)?;
         Ok(imported)
     }
