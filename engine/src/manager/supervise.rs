@@ -1063,17 +1063,31 @@ impl Inner {
         key: &str,
         opts: LogOptions,
     ) -> Result<LogStream, ManagerError> {
-        let ctr = this.find(key)?;
         if !opts.stdout && !opts.stderr {
             return Err(ManagerError::InvalidArgument(
                 "choose at least one stream (stdout or stderr)".into(),
             ));
         }
+        Self::open_log(this, key, opts, false)
+    }
+
+    /// The container's log; a follower keeps reading while it runs (or is
+    /// between restarts), and with `until_started` also before its start.
+    fn open_log(
+        this: &Arc<Inner>,
+        key: &str,
+        opts: LogOptions,
+        until_started: bool,
+    ) -> Result<LogStream, ManagerError> {
+        let ctr = this.find(key)?;
         let path = ctr.log_path();
         let watched = ctr.clone();
         let still_running = Box::new(move |wait| {
             watched.wait_while(wait, |live| {
-                !live.removed && (Ctr::running(live) || live.rec.status == Status::Restarting)
+                !live.removed
+                    && ((until_started && live.rec.status == Status::Created)
+                        || Ctr::running(live)
+                        || live.rec.status == Status::Restarting)
             })
         });
         LogStream::open(&path, this.opts.log_max_files, opts, still_running)
@@ -1092,17 +1106,6 @@ impl Inner {
         stderr: bool,
         history: bool,
     ) -> Result<LogStream, ManagerError> {
-        let ctr = this.find(key)?;
-        let path = ctr.log_path();
-        let watched = ctr.clone();
-        let still_running = Box::new(move |wait| {
-            watched.wait_while(wait, |live| {
-                !live.removed
-                    && (live.rec.status == Status::Created
-                        || Ctr::running(live)
-                        || live.rec.status == Status::Restarting)
-            })
-        });
         let opts = LogOptions {
             follow: true,
             tail: if history { None } else { Some(0) },
@@ -1110,8 +1113,7 @@ impl Inner {
             stderr: stderr || !stdout,
             ..LogOptions::default()
         };
-        LogStream::open(&path, this.opts.log_max_files, opts, still_running)
-            .map_err(io_err("read the log", &path))
+        Self::open_log(this, key, opts, true)
     }
 
     pub(super) fn exec(&self, key: &str, spec: ExecSpec) -> Result<ExecHandle, ManagerError> {
