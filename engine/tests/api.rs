@@ -8,6 +8,7 @@
 //! fails.
 
 mod image_fixtures;
+mod registry;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -17,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use registry::Registry;
 
 const BERTHD: &str = env!("CARGO_BIN_EXE_berthd");
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
@@ -1622,72 +1625,6 @@ fn containers_survive_a_berthd_sigkill() {
 
 // ---------------------------------------------------------------- (d) pull and bridge
 
-/// Debian's docker-registry on a free port of 127.0.0.1 (berthd speaks
-/// plain HTTP to loopback registries), fed by skopeo.
-struct Registry {
-    child: Child,
-    dir: tempfile::TempDir,
-    /// `127.0.0.1:port`.
-    domain: String,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let cfg = dir.path().join("config.yml");
-        fs::write(
-            &cfg,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(dir.path().join("log")).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run docker-registry: {e} (scripts/setup.sh installs it)")
-            });
-        let reg = Registry {
-            child,
-            dir,
-            domain: format!("127.0.0.1:{port}"),
-        };
-        wait_for("docker-registry to listen", TIMEOUT, || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        reg
-    }
-
-    /// Pushes the busybox layout as `name:tag`.
-    fn push(&self, name_tag: &str) {
-        let src = format!("oci:{}:layoutbox:1", images().layout.display());
-        let out = Command::new("skopeo")
-            .args(["copy", "-q", "--dest-tls-verify=false", &src])
-            .arg(format!("docker://{}/{name_tag}", self.domain))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "skopeo copy to the registry failed: {}\nregistry log: {}",
-            String::from_utf8_lossy(&out.stderr),
-            fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
-        );
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind(("127.0.0.1", 0))
         .unwrap()
@@ -1699,7 +1636,12 @@ fn free_port() -> u16 {
 #[test]
 fn berth_pulls_from_a_registry_and_runs_the_image() {
     let reg = Registry::start();
-    reg.push("tools/bb:1");
+    // berthd speaks plain HTTP to loopback registries.
+    reg.push(
+        &format!("oci:{}:layoutbox:1", images().layout.display()),
+        "tools/bb:1",
+        &[],
+    );
     let d = Daemon::start();
     let image = format!("{}/tools/bb:1", reg.domain);
     let r = d.berth(&["pull", &image]).ok("berth pull");
