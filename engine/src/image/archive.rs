@@ -476,16 +476,7 @@ fn ingest(ctx: Ctx<'_>, reader: &mut dyn Read, size: u64, what: &str) -> Result<
                 if let Err(e) = io::Write::write_all(&mut writer, &chunk) {
                     break Err(IngestError::from(write_err(e)));
                 }
-                if let Some(t) = &tx {
-                    match t.send(chunk) {
-                        Ok(()) => chunk = t.buffer(),
-                        Err(returned) => {
-                            // The unpacker stopped (it failed): keep storing.
-                            tx = None;
-                            chunk = returned;
-                        }
-                    }
-                }
+                chunk = pipe::feed(&mut tx, chunk);
             }
             chunk.resize(CHUNK, 0);
             match read_up_to(reader, &mut chunk) {

@@ -52,6 +52,21 @@ impl ChunkSender {
     }
 }
 
+/// Hands `chunk` to the reader of `tx` while it still reads, and returns a
+/// buffer for the next chunk. A reader that went away (the unpacker
+/// stopped: it failed) is dropped and its chunk returned: the caller keeps
+/// storing the blob, and the unpacker's own result reports the failure.
+pub(crate) fn feed(tx: &mut Option<ChunkSender>, chunk: Vec<u8>) -> Vec<u8> {
+    let Some(t) = tx else { return chunk };
+    match t.send(chunk) {
+        Ok(()) => t.buffer(),
+        Err(returned) => {
+            *tx = None;
+            returned
+        }
+    }
+}
+
 impl Read for ChunkReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.pos >= self.cur.len() {

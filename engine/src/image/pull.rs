@@ -889,17 +889,7 @@ fn try_download(
                 done,
                 total: size,
             });
-            if let Some(t) = &tx {
-                match t.send(chunk) {
-                    Ok(()) => chunk = t.buffer(),
-                    Err(returned) => {
-                        // The unpacker failed: keep storing, the commit
-                        // step reports its error.
-                        tx = None;
-                        chunk = returned;
-                    }
-                }
-            }
+            chunk = pipe::feed(&mut tx, chunk);
             chunk.resize(CHUNK, 0);
             match read_up_to(&mut reader, &mut chunk) {
                 Ok(n) => chunk.truncate(n),
