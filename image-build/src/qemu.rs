@@ -498,7 +498,9 @@ fn watch(
                     || (opts.power_off_when_ready
                         && (hook_done || (guest_ready && opts.when_ready.is_none()))) =>
             {
-                if !interrupted {
+                if hook_done && !interrupted {
+                    eprintln!("berth-build: powering the guest off");
+                } else if !interrupted {
                     eprintln!("berth-build: the guest is ready; powering it off");
                 }
                 power_off(child, listener, &mut session, now)
