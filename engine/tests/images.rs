@@ -426,6 +426,63 @@ fn records_survive_reopening() {
     assert_eq!((before.id, before.layers.clone()), (after.id, after.layers));
 }
 
+/// A layer's files are synced in the background after the import returns;
+/// a marker under `unsynced/` stands for them until then. A crash before the
+/// sync (simulated: the marker is still there and the layer lost files)
+/// makes the next open rebuild the layer from its blob.
+#[test]
+fn layers_an_unclean_shutdown_left_unsynced_are_rebuilt_from_their_blobs() {
+    let f = fixtures();
+    let (dir, store) = store();
+    let root = dir.path().join("store");
+    store.import(&f.docker_archive, None).unwrap();
+    let image = store.resolve("busybox").unwrap();
+    store.flush();
+    let markers = |root: &Path| -> Vec<String> {
+        fs::read_dir(root.join("unsynced"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert_eq!(
+        markers(&root),
+        Vec::<String>::new(),
+        "flush leaves no marker"
+    );
+    let layer = image.layers.last().unwrap().clone();
+    let before = image_fixtures::walk(&layer);
+    assert!(!before.is_empty());
+    let blob = Digest::from_oci(image.manifest.layers().last().unwrap().digest()).unwrap();
+    let diff_hex = image.diff_ids.last().unwrap().hex().to_string();
+    drop(store);
+
+    // The crash: the layer's last files never reached the disk, and its
+    // marker (diff_id.blob) is still there.
+    let victim = before
+        .iter()
+        .rev()
+        .find(|p| layer.join(p).is_file())
+        .expect("the layer has a regular file")
+        .clone();
+    fs::remove_file(layer.join(&victim)).unwrap();
+    fs::write(
+        root.join("unsynced")
+            .join(format!("{diff_hex}.{}", blob.hex())),
+        b"",
+    )
+    .unwrap();
+
+    let store = ImageStore::open(&root).unwrap();
+    assert!(layer.join(&victim).is_file(), "{victim:?} is back");
+    assert_eq!(image_fixtures::walk(&layer), before);
+    assert_eq!(
+        markers(&root),
+        Vec::<String>::new(),
+        "the rebuilt layer is synced"
+    );
+    assert_eq!(store.resolve("busybox").unwrap().layers, image.layers);
+}
+
 /// Copies an archive, flipping one byte in the data of the entry `member`.
 fn corrupt(src: &Path, dst: &Path, member: impl Fn(&str) -> bool) -> String {
     let mut bytes = fs::read(src).unwrap();

@@ -199,7 +199,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         server.abort();
         let _ = std::fs::remove_file(&args.socket);
         let m = manager.clone();
-        let _ = tokio::task::spawn_blocking(move || stop_workloads(&m, &workloads, &order)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            stop_workloads(&m, &workloads, &order);
+            // New layers' files on disk: nothing to rebuild at the next start.
+            m.images().flush();
+        })
+        .await;
         log::info!("stopped");
         Ok(())
     })

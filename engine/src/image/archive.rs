@@ -24,6 +24,7 @@ use super::layer::{self, Compression, LayerError, Unpacked};
 use super::pipe::{self, read_up_to, CHUNK};
 use super::reference::{Reference, ReferenceError};
 use super::store::{self, BlobError, BlobStore, TMP_PREFIX};
+use super::unsynced::Unsynced;
 
 /// Files at most this big that do not look like layers are kept in memory
 /// during the pass (configs, manifests, index.json) and stored only if used.
@@ -110,6 +111,7 @@ pub enum ArchiveError {
 pub(crate) struct Ctx<'a> {
     pub blobs: &'a BlobStore,
     pub layers_dir: &'a Path,
+    pub unsynced: &'a Unsynced,
 }
 
 /// A layer unpacked into a temporary directory, not yet trusted.
@@ -1082,26 +1084,24 @@ pub(crate) fn discard(spec: Option<Speculative>) {
     }
 }
 
-/// Syncs and renames a finished layer directory into `layers/<hex>`.
-/// Returns false when another import put the same layer there first.
+/// Renames a finished layer directory (unpacked from `blob`) into
+/// `layers/<hex>`, after making its unsynced marker durable (see
+/// [`super::unsynced`]). Returns false when another import put the same
+/// layer there first.
 pub(crate) fn commit_layer(
     ctx: Ctx<'_>,
     dir: tempfile::TempDir,
     diff_id: &Digest,
+    blob: &Digest,
 ) -> Result<bool, ArchiveError> {
     let dest = ctx.layers_dir.join(diff_id.hex());
-    // The files must be durable before the name that says "complete" is.
-    let fd = File::open(dir.path()).map_err(|source| ArchiveError::Io {
-        path: dir.path().to_owned(),
-        source,
-    })?;
-    nix::unistd::syncfs(&fd).map_err(|e| ArchiveError::Io {
-        path: dir.path().to_owned(),
-        source: e.into(),
-    })?;
+    let marker = ctx.unsynced.mark(diff_id, blob)?;
     let tmp = dir.keep();
     match fs::rename(&tmp, &dest) {
-        Ok(()) => Ok(true),
+        Ok(()) => {
+            ctx.unsynced.committed(marker);
+            Ok(true)
+        }
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) => {
             let _ = fs::remove_dir_all(&tmp);
             Ok(false)
@@ -1138,9 +1138,12 @@ pub(crate) fn unpack_blob(
     Ok(Speculative { dir, result })
 }
 
-/// fsyncs the layers directory after renames into it.
+/// fsyncs the layers directory after renames into it, and starts the
+/// background sync of the new layers' files.
 pub(crate) fn sync_layers(ctx: Ctx<'_>) -> Result<(), ArchiveError> {
-    Ok(store::sync_dir(ctx.layers_dir)?)
+    store::sync_dir(ctx.layers_dir)?;
+    ctx.unsynced.sync_soon();
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,15 +5,17 @@
 //! ```text
 //! blobs/sha256/<hex>     every blob (manifests, configs, layer tars) named by its digest
 //! layers/<diff_id hex>/  each layer unpacked once, overlayfs-style, shared by images
+//! unsynced/<diff>.<blob>.N layers whose files may not be on disk yet
 //! images.json            image records: manifest digest -> config id, tags, layers
 //! ```
 //!
 //! Blobs are written to a temporary file, hashed while streaming, fsync'd and
 //! renamed to their digest; a blob whose digest differs from what the
 //! archive or manifest announced is an error naming both digests and what
-//! the blob was. Layers are unpacked into a temporary directory, synced, and
-//! renamed to their diff_id, so a crash never leaves a half layer under a
-//! trusted name. `images.json` is replaced atomically.
+//! the blob was. Layers are unpacked into a temporary directory and renamed
+//! to their diff_id; their files are synced in the background, and a layer
+//! a crash may have left incomplete is rebuilt from its blob at the next
+//! open (see [`unsynced`]). `images.json` is replaced atomically.
 //!
 //! Use:
 //!
@@ -47,6 +49,7 @@ mod pipe;
 pub mod pull;
 pub mod reference;
 pub mod store;
+mod unsynced;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -63,9 +66,11 @@ pub use digest::Digest;
 pub use pull::{PullError, PullOptions, PullProgress};
 pub use reference::{Reference, ReferenceError};
 use store::{BlobError, BlobStore, TMP_PREFIX};
+use unsynced::Unsynced;
 
 const INDEX_FILE: &str = "images.json";
 const LAYERS_DIR: &str = "layers";
+const UNSYNCED_DIR: &str = "unsynced";
 const INDEX_VERSION: u32 = 1;
 
 /// Image store failures.
@@ -245,6 +250,7 @@ pub struct ImageStore {
     root: PathBuf,
     blobs: BlobStore,
     layers_dir: PathBuf,
+    unsynced: Unsynced,
     index: Mutex<Index>,
     /// Imports hold it shared; garbage collection holds it exclusively.
     gc_lock: RwLock<()>,
@@ -265,14 +271,77 @@ impl ImageStore {
         let blobs = BlobStore::open(root)?;
         store::remove_temporaries(&layers_dir)?;
         store::remove_temporaries(root)?;
+        let unsynced = Unsynced::open(&root.join(UNSYNCED_DIR), &layers_dir)?;
         let index = load_index(&root.join(INDEX_FILE))?;
-        Ok(Self {
+        let store = Self {
             root: root.to_owned(),
             blobs,
             layers_dir,
+            unsynced,
             index: Mutex::new(index),
             gc_lock: RwLock::new(()),
-        })
+        };
+        store.rebuild_unsynced()?;
+        Ok(store)
+    }
+
+    /// Rebuilds, from their blobs, the layers an unclean shutdown may have
+    /// left incomplete (see [`unsynced`]).
+    fn rebuild_unsynced(&self) -> Result<(), ImageError> {
+        let leftovers = self.unsynced.leftovers()?;
+        if leftovers.is_empty() {
+            return Ok(());
+        }
+        let ctx = Ctx {
+            blobs: &self.blobs,
+            layers_dir: &self.layers_dir,
+            unsynced: &self.unsynced,
+        };
+        for l in &leftovers {
+            let dir = self.layer_path(&l.diff_id);
+            if dir.exists() {
+                fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
+            }
+            if !self.blobs.contains(&l.blob) {
+                self.unsynced.clear(l);
+                continue;
+            }
+            log::warn!(
+                target: "engine::image",
+                "rebuilding layer {} from blob {}: it was not yet on disk at an unclean shutdown",
+                l.diff_id,
+                l.blob
+            );
+            let what = format!("layer {}", l.diff_id);
+            let rebuilt = archive::unpack_blob(ctx, &l.blob, &what).and_then(|spec| {
+                let unpacked = spec.result.map_err(|source| ArchiveError::Layer {
+                    what: what.clone(),
+                    source,
+                })?;
+                if unpacked.diff_id != l.diff_id {
+                    return Err(ArchiveError::Invalid(format!(
+                        "blob {} unpacks to {}, not {}",
+                        l.blob, unpacked.diff_id, l.diff_id
+                    )));
+                }
+                archive::commit_layer(ctx, spec.dir, &l.diff_id, &l.blob)
+            });
+            if let Err(e) = rebuilt {
+                // Images using the layer fail at container creation, naming it.
+                log::error!(target: "engine::image", "cannot rebuild {what}: {e}");
+            }
+            // A rebuilt layer has a marker of its own until the sync below.
+            self.unsynced.clear(l);
+        }
+        self.unsynced.sync_soon();
+        self.unsynced.flush();
+        Ok(())
+    }
+
+    /// Waits until every imported layer's files are on disk (berthd calls it
+    /// before exiting, so a clean shutdown leaves nothing to rebuild).
+    pub fn flush(&self) {
+        self.unsynced.flush();
     }
 
     /// The store's root directory.
@@ -375,6 +444,7 @@ impl ImageStore {
         let ctx = Ctx {
             blobs: &self.blobs,
             layers_dir: &self.layers_dir,
+            unsynced: &self.unsynced,
         };
         let import_err = |source| ImageError::Import {
             path: path.to_owned(),
@@ -546,7 +616,7 @@ impl ImageStore {
                     }
                     .into());
                 }
-                if archive::commit_layer(ctx, dir, diff_id)? {
+                if archive::commit_layer(ctx, dir, diff_id, &stored.digest)? {
                     unpacked_count += 1;
                 } else {
                     reused += 1;
@@ -779,6 +849,7 @@ impl ImageStore {
             .layers_dir
             .join(format!("{TMP_PREFIX}rm-{}", diff_id.hex()));
         fs::rename(&path, &doomed).map_err(io_err("move away", &path))?;
+        self.unsynced.forget(diff_id);
         fs::remove_dir_all(&doomed).map_err(io_err("remove", &doomed))
     }
 

@@ -416,6 +416,7 @@ impl ImageStore {
         let ctx = Ctx {
             blobs: &self.blobs,
             layers_dir: &self.layers_dir,
+            unsynced: &self.unsynced,
         };
         // Fetch what the commit step will ask for, several layers at once;
         // it then finds them ready (and unpacked).
