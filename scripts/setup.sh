@@ -4,7 +4,7 @@
 # Safe to run again: it only installs what is missing.
 set -eu
 
-PACKAGES="qemu-system-x86 ovmf busybox-static e2fsprogs cpio tini dumb-init dpkg-dev dnsmasq-base iproute2 util-linux musl-tools skopeo umoci curl docker-registry docker.io dhcpcd-base"
+PACKAGES="qemu-system-x86 ovmf busybox-static e2fsprogs cpio tini dumb-init dpkg-dev dnsmasq-base iproute2 util-linux musl-tools skopeo umoci curl docker-registry docker.io dhcpcd-base grub-common grub-pc-bin grub-efi-amd64-bin xorriso mtools dosfstools fdisk qemu-utils"
 
 missing=""
 for p in $PACKAGES; do

@@ -9,10 +9,15 @@ use init::manifest::{Manifest, ManifestError};
 
 use crate::initrd::{self, Include, InitrdError, Tree};
 use crate::kernel::{self, KernelError};
+use crate::media::{self, Format, MediaError};
 use crate::modset::{self, ModsetError, ModuleTree};
 
 /// The kernel command line written to `cmdline`; `run --cmdline` appends.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 panic=-1 quiet loglevel=4";
+///
+/// Both consoles: the screen (`tty0`: VirtualBox's window, a cloud's
+/// screenshot) and the first serial port (QEMU's `-serial`, a cloud's serial
+/// console), the last one being `/dev/console`.
+pub const DEFAULT_CMDLINE: &str = "console=tty0 console=ttyS0,115200 panic=-1 quiet loglevel=4";
 
 /// The artifacts could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +57,9 @@ pub enum ImageError {
         #[source]
         source: ReferenceError,
     },
+    /// A boot medium could not be made.
+    #[error(transparent)]
+    Media(#[from] MediaError),
     /// A workload's image is in none of the `--image` archives, so berthd
     /// could not start it at boot.
     #[error("workload {workload}: image {image} is in none of the --image archives ({held})")]
@@ -71,8 +79,9 @@ pub const IMAGES_DIR: &str = "usr/share/berth/images";
 /// What to build.
 #[derive(Debug, Clone)]
 pub struct Request {
-    /// The boot manifest.
-    pub manifest: PathBuf,
+    /// The boot manifest baked in; none: the image finds one at boot (the
+    /// command line, a disk, the cloud).
+    pub manifest: Option<PathBuf>,
     /// The output directory.
     pub out: PathBuf,
     /// Where the kernel comes from.
@@ -87,6 +96,10 @@ pub struct Request {
     pub images: Vec<PathBuf>,
     /// The mtime of every archive entry.
     pub mtime: u32,
+    /// What to write (sorted).
+    pub formats: Vec<Format>,
+    /// The kernel command line the media boot with, written to `cmdline`.
+    pub cmdline: String,
 }
 
 /// What was built.
@@ -104,14 +117,22 @@ pub struct Report {
     pub images: Vec<String>,
     /// Size of `initrd.img` in bytes.
     pub initrd_bytes: u64,
+    /// Each file written and its size in bytes.
+    pub artifacts: Vec<(PathBuf, u64)>,
 }
 
 /// Builds `vmlinuz`, `initrd.img` and `cmdline` in `req.out`.
 pub fn build(req: &Request) -> Result<Report, ImageError> {
-    let manifest = Manifest::load(&req.manifest)?;
-    // Validated above; embed the very bytes that validated.
-    let manifest_text =
-        std::fs::read(&req.manifest).map_err(|e| InitrdError::Read(req.manifest.clone(), e))?;
+    media::check_tools(&req.formats)?;
+    let (manifest, manifest_text) = match &req.manifest {
+        Some(path) => {
+            let manifest = Manifest::load(path)?;
+            // Validated above; embed the very bytes that validated.
+            let text = std::fs::read(path).map_err(|e| InitrdError::Read(path.clone(), e))?;
+            (manifest, Some(text))
+        }
+        None => (Manifest::default(), None),
+    };
 
     let mut tree = Tree::new();
     initrd::add_skeleton(&mut tree)?;
@@ -142,7 +163,9 @@ pub fn build(req: &Request) -> Result<Report, ImageError> {
         initrd::add_binary(&mut tree, &path, dest, name)?;
         binaries.push(format!("/{dest}"));
     }
-    tree.add_file(initrd::MANIFEST_PATH, manifest_text, 0o644, "the manifest")?;
+    if let Some(text) = manifest_text {
+        tree.add_file(initrd::MANIFEST_PATH, text, 0o644, "the manifest")?;
+    }
     // Check --include before the (slower) kernel work.
     let mut extras = Vec::new();
     for inc in &req.includes {
@@ -234,16 +257,72 @@ pub fn build(req: &Request) -> Result<Report, ImageError> {
     }
 
     std::fs::create_dir_all(&req.out).map_err(|e| ImageError::Write(req.out.clone(), e))?;
-    let initrd_path = req.out.join("initrd.img");
+    // The media are made from vmlinuz and initrd.img: in the output when
+    // `kernel` is asked for, else in a scratch directory.
+    let scratch = tempfile::Builder::new()
+        .prefix(".berth-build-")
+        .tempdir_in(&req.out)
+        .map_err(|e| ImageError::Write(req.out.clone(), e))?;
+    let kernel_dir = if req.formats.contains(&Format::Kernel) {
+        req.out.clone()
+    } else {
+        scratch.path().to_owned()
+    };
+    let initrd_path = kernel_dir.join("initrd.img");
     tree.write_gz(&initrd_path, req.mtime)?;
-    copy_atomic(&kernel.image, &req.out.join("vmlinuz"))?;
+    let vmlinuz = kernel_dir.join("vmlinuz");
+    copy_atomic(&kernel.image, &vmlinuz)?;
     write_atomic(
-        &req.out.join("cmdline"),
-        format!("{DEFAULT_CMDLINE}\n").as_bytes(),
+        &kernel_dir.join("cmdline"),
+        format!("{}\n", req.cmdline).as_bytes(),
     )?;
     let initrd_bytes = std::fs::metadata(&initrd_path)
         .map_err(|e| ImageError::Write(initrd_path.clone(), e))?
         .len();
+    let mut written = Vec::new();
+    if req.formats.contains(&Format::Kernel) {
+        written.extend([
+            vmlinuz.clone(),
+            initrd_path.clone(),
+            kernel_dir.join("cmdline"),
+        ]);
+    }
+    let payload = media::Payload {
+        kernel: &vmlinuz,
+        initrd: &initrd_path,
+        cmdline: &req.cmdline,
+    };
+    let needs_raw = req
+        .formats
+        .iter()
+        .any(|f| !matches!(f, Format::Kernel | Format::Iso));
+    let raw = if req.formats.contains(&Format::Raw) {
+        req.out.join(Format::Raw.file_name())
+    } else {
+        scratch.path().join(Format::Raw.file_name())
+    };
+    for f in &req.formats {
+        let out = req.out.join(f.file_name());
+        match f {
+            Format::Kernel => continue,
+            Format::Iso => media::make_iso(&payload, &out, scratch.path())?,
+            Format::Raw => media::make_raw(&payload, &out, scratch.path())?,
+            _ => {
+                if needs_raw && !raw.exists() {
+                    media::make_raw(&payload, &raw, scratch.path())?;
+                }
+                media::convert(&raw, *f, &out)?;
+            }
+        }
+        written.push(out);
+    }
+    let mut artifacts = Vec::new();
+    for path in written {
+        let size = std::fs::metadata(&path)
+            .map_err(|e| ImageError::Write(path.clone(), e))?
+            .len();
+        artifacts.push((path, size));
+    }
     Ok(Report {
         release: kernel.release,
         modules: selection.modules.len(),
@@ -251,6 +330,7 @@ pub fn build(req: &Request) -> Result<Report, ImageError> {
         binaries,
         images,
         initrd_bytes,
+        artifacts,
     })
 }
 

@@ -9,6 +9,7 @@ mod elf;
 mod image;
 mod initrd;
 mod kernel;
+mod media;
 mod modinfo;
 mod modset;
 mod qemu;
@@ -38,13 +39,24 @@ enum Command {
         /// The manifest (TOML).
         manifest: PathBuf,
     },
-    /// Writes DIR/vmlinuz, DIR/initrd.img and DIR/cmdline.
+    /// Writes boot artifacts in DIR: by default vmlinuz, initrd.img and
+    /// cmdline; with --format also berth.iso, berth.img (raw), berth.qcow2,
+    /// berth.vmdk, berth.vdi, berth.vhd.
     Build {
-        /// The manifest (TOML), validated and baked in at /etc/berth/manifest.toml.
-        manifest: PathBuf,
+        /// The manifest (TOML), validated and baked in at
+        /// /etc/berth/manifest.toml. Without one the image looks for it at
+        /// boot: the kernel command line, a disk, the cloud's user-data.
+        manifest: Option<PathBuf>,
         /// Output directory.
         #[arg(short, long, value_name = "DIR")]
         out: PathBuf,
+        /// What to write, comma-separated: kernel (vmlinuz + initrd.img +
+        /// cmdline), iso, raw, qcow2, vmdk, vdi, vhd.
+        #[arg(long, value_name = "LIST", default_value = "kernel")]
+        format: String,
+        /// The kernel command line the media boot with (written to cmdline).
+        #[arg(long, value_name = "CMDLINE", default_value = image::DEFAULT_CMDLINE)]
+        cmdline: String,
         /// A bzImage kernel (needs --modules). Default: Debian's linux-image-amd64.
         #[arg(
             long,
@@ -167,6 +179,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Build {
             manifest,
             out,
+            format,
+            cmdline,
             kernel,
             modules,
             kernel_deb,
@@ -201,6 +215,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 without,
                 images: image,
                 mtime: source_date_epoch()?,
+                formats: media::parse_formats(&format).map_err(anyhow::Error::msg)?,
+                cmdline,
             };
             let report = image::build(&request)?;
             for name in &report.skipped {
@@ -223,6 +239,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 },
                 report.initrd_bytes.div_ceil(1024)
             );
+            for (path, size) in &report.artifacts {
+                eprintln!("berth-build:   {} ({size} bytes)", path.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Disk {

@@ -47,6 +47,20 @@ pub enum Tool {
     Qemu,
     /// `mkfs.ext4` (makes data disks).
     Mkfs,
+    /// `grub-mkrescue` (hybrid ISOs).
+    GrubMkrescue,
+    /// `grub-mkimage` (the raw disk's boot loaders).
+    GrubMkimage,
+    /// `xorriso` (grub-mkrescue writes the ISO with it).
+    Xorriso,
+    /// `mkfs.vfat` (the EFI system partition).
+    MkfsVfat,
+    /// `mcopy` (files into the EFI system partition; mtools' `mmd` too).
+    Mcopy,
+    /// `sfdisk` (the raw disk's GPT).
+    Sfdisk,
+    /// `qemu-img` (qcow2, vmdk, vdi, vhd).
+    QemuImg,
 }
 
 impl Tool {
@@ -57,6 +71,13 @@ impl Tool {
             Tool::DpkgDeb => "dpkg-deb",
             Tool::Qemu => "qemu-system-x86_64",
             Tool::Mkfs => "mkfs.ext4",
+            Tool::GrubMkrescue => "grub-mkrescue",
+            Tool::GrubMkimage => "grub-mkimage",
+            Tool::Xorriso => "xorriso",
+            Tool::MkfsVfat => "mkfs.vfat",
+            Tool::Mcopy => "mcopy",
+            Tool::Sfdisk => "sfdisk",
+            Tool::QemuImg => "qemu-img",
         }
     }
 
@@ -67,6 +88,12 @@ impl Tool {
             Tool::DpkgDeb => "dpkg",
             Tool::Qemu => "qemu-system-x86",
             Tool::Mkfs => "e2fsprogs",
+            Tool::GrubMkrescue | Tool::GrubMkimage => "grub-common",
+            Tool::Xorriso => "xorriso",
+            Tool::MkfsVfat => "dosfstools",
+            Tool::Mcopy => "mtools",
+            Tool::Sfdisk => "fdisk",
+            Tool::QemuImg => "qemu-utils",
         }
     }
 

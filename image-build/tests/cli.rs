@@ -325,7 +325,7 @@ fn build_is_deterministic_and_holds_what_init_needs() {
     );
     assert_eq!(
         std::fs::read_to_string(a.join("cmdline")).unwrap(),
-        "console=ttyS0 panic=-1 quiet loglevel=4\n"
+        "console=tty0 console=ttyS0,115200 panic=-1 quiet loglevel=4\n"
     );
 
     let (cpio, names) = list(&a.join("initrd.img"));
@@ -569,4 +569,221 @@ fn disk_makes_a_berth_data_ext4_holding_the_manifest() {
         .filter(|n| n.contains("tmp") || n == "other.img")
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// `--format`: each medium is written, sized and laid out as its tools
+/// expect (booting them is qemu-tests' media.rs); bad names and missing
+/// tools are clear errors; without a manifest nothing is baked.
+#[test]
+fn build_writes_each_format_and_names_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = bin_dir(dir.path());
+    let manifest = write(&dir.path().join("m.toml"), MANIFEST);
+
+    let out = build(
+        &manifest,
+        &dir.path().join("bad"),
+        &bin,
+        &["--format", "iso,dmg"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out)
+            .contains("unknown format \"dmg\" (formats: kernel, iso, raw, qcow2, vmdk, vdi, vhd)"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A missing tool is named with its package, before any work.
+    let mut c = Command::new(BERTH_BUILD);
+    c.arg("build")
+        .arg(&manifest)
+        .args(["-o"])
+        .arg(dir.path().join("notools"))
+        .arg("--kernel")
+        .arg(testkernel::vmlinuz())
+        .arg("--modules")
+        .arg(testkernel::modules_dir())
+        .arg("--bin-dir")
+        .arg(&bin)
+        .args(["--format", "qcow2"])
+        .env("PATH", dir.path().join("empty-path"));
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is not installed (apt-get install"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.path().join("notools/initrd.img").exists());
+
+    let media = dir.path().join("media");
+    let out = berth_build(&[
+        "build".as_ref(),
+        "-o".as_ref(),
+        media.as_os_str(),
+        "--kernel".as_ref(),
+        testkernel::vmlinuz().as_os_str(),
+        "--modules".as_ref(),
+        testkernel::modules_dir().as_os_str(),
+        "--bin-dir".as_ref(),
+        bin.as_os_str(),
+        "--format".as_ref(),
+        "raw,iso,qcow2,vmdk,vdi,vhd".as_ref(),
+        "--cmdline".as_ref(),
+        "console=ttyS0 berth.test=1".as_ref(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut names: Vec<String> = std::fs::read_dir(&media)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "berth.img",
+            "berth.iso",
+            "berth.qcow2",
+            "berth.vdi",
+            "berth.vhd",
+            "berth.vmdk"
+        ],
+        "kernel was not asked for, and no scratch files are left"
+    );
+
+    // raw: a GPT with the BIOS boot partition and the ESP, GRUB's boot.img
+    // in the MBR pointing at sector 2048.
+    let raw = media.join("berth.img");
+    let dump = Command::new("sfdisk")
+        .arg("--json")
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert!(dump.status.success(), "{}", stderr(&dump));
+    let table: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap();
+    let parts = table["partitiontable"]["partitions"].as_array().unwrap();
+    assert_eq!(table["partitiontable"]["label"], "gpt");
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[0]["type"], "21686148-6449-6E6F-744E-656564454649");
+    assert_eq!(parts[0]["start"], 2048);
+    assert_eq!(parts[1]["type"], "C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
+    let mbr = std::fs::read(&raw).unwrap();
+    assert_eq!(&mbr[0x5c..0x64], &2048u64.to_le_bytes());
+    assert_eq!(&mbr[510..512], &[0x55, 0xaa]);
+    // The ESP holds the payload and the menu with our command line.
+    let esp_offset = parts[1]["start"].as_u64().unwrap() * 512;
+    let cfg = Command::new("mtype")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(format!("{}@@{esp_offset}", raw.display()))
+        .arg("::/boot/grub/grub.cfg")
+        .output()
+        .unwrap();
+    assert!(cfg.status.success(), "{}", stderr(&cfg));
+    assert!(
+        String::from_utf8_lossy(&cfg.stdout)
+            .contains("linux /boot/vmlinuz console=ttyS0 berth.test=1"),
+        "{}",
+        String::from_utf8_lossy(&cfg.stdout)
+    );
+    let esp_files = Command::new("mdir")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-b", "-/", "-i"])
+        .arg(format!("{}@@{esp_offset}", raw.display()))
+        .arg("::/")
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&esp_files.stdout).to_lowercase();
+    for f in ["efi/boot/bootx64.efi", "boot/vmlinuz", "boot/initrd.img"] {
+        assert!(listing.contains(f), "{f} not in the ESP:\n{listing}");
+    }
+
+    // iso: ISO 9660 with an El Torito catalog (BIOS and UEFI entries).
+    let iso = Command::new("xorriso")
+        .args(["-indev"])
+        .arg(media.join("berth.iso"))
+        .args(["-report_el_torito", "plain"])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&iso.stdout);
+    assert!(
+        report.contains("BIOS") && report.contains("UEFI"),
+        "{report}"
+    );
+
+    // The converted images pass qemu-img's own checks and keep the size.
+    let raw_size = std::fs::metadata(&raw).unwrap().len();
+    for (file, format) in [
+        ("berth.qcow2", "qcow2"),
+        ("berth.vmdk", "vmdk"),
+        ("berth.vdi", "vdi"),
+        ("berth.vhd", "vpc"),
+    ] {
+        let path = media.join(file);
+        let info = Command::new("qemu-img")
+            .args(["info", "--output=json", "-f", format])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(info.status.success(), "{}", stderr(&info));
+        let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        assert!(
+            info["virtual-size"].as_u64().unwrap() >= raw_size,
+            "{file}: {info}"
+        );
+        if format == "vpc" {
+            // qemu-img has no check for VHD: read the footer as Azure does.
+            // A fixed VHD is the raw disk and a 512-byte footer: cookie
+            // "conectix", disk type 2 (fixed), size a whole number of MiB.
+            let bytes = std::fs::read(&path).unwrap();
+            let footer = &bytes[bytes.len() - 512..];
+            assert_eq!(&footer[..8], b"conectix");
+            assert_eq!(u32::from_be_bytes(footer[60..64].try_into().unwrap()), 2);
+            let size = u64::from_be_bytes(footer[48..56].try_into().unwrap());
+            assert_eq!(size % (1024 * 1024), 0, "{size}");
+            assert_eq!(
+                &bytes[..bytes.len() - 512],
+                &std::fs::read(&raw).unwrap()[..]
+            );
+            continue;
+        }
+        let check = Command::new("qemu-img")
+            .args(["check", "-f", format])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(check.status.success(), "{file}: {}", stderr(&check));
+        assert!(
+            String::from_utf8_lossy(&check.stdout).contains("No errors were found"),
+            "{file}: {}",
+            String::from_utf8_lossy(&check.stdout)
+        );
+    }
+}
+
+/// Without a manifest nothing is baked: init looks for one at boot.
+#[test]
+fn build_without_a_manifest_bakes_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = bin_dir(dir.path());
+    let out_dir = dir.path().join("out");
+    let out = berth_build(&[
+        "build".as_ref(),
+        "-o".as_ref(),
+        out_dir.as_os_str(),
+        "--kernel".as_ref(),
+        testkernel::vmlinuz().as_os_str(),
+        "--modules".as_ref(),
+        testkernel::modules_dir().as_os_str(),
+        "--bin-dir".as_ref(),
+        bin.as_os_str(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (_, names) = list(&out_dir.join("initrd.img"));
+    assert!(names.iter().any(|n| n == "init"), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n.contains("manifest.toml")),
+        "{names:?}"
+    );
 }
