@@ -33,13 +33,36 @@ pub const COLDPLUG_PROFILE: &[&str] = &[
     "nft_masq",
     "nft_ct",
     "nft_fib_ipv4",
-    "isofs", // iso9660
+    // CD-ROMs and config drives (NoCloud cidata, OpenStack config-2).
+    "isofs",
     "sr_mod",
+    "vfat",
+    "nls_cp437",
+    "nls_utf8",
+    // VirtualBox's defaults, and most PCs: Intel NICs, AHCI/IDE disks.
     "e1000",
     "e1000e",
     "ahci",
     "ata_piix",
     "sd_mod",
+    // Clouds: NVMe disks (EC2 Nitro, GCE), ENA (EC2), gVNIC (GCE),
+    // Hyper-V's network and storage (Azure), VMware's paravirtual devices.
+    "nvme",
+    "ena",
+    "gve",
+    "hv_vmbus",
+    "hv_netvsc",
+    "hv_storvsc",
+    "hv_utils",
+    "vmxnet3",
+    "vmw_pvscsi",
+    // Booting from a USB stick: host controllers and mass storage.
+    "xhci_pci",
+    "ehci_pci",
+    "ohci_pci",
+    "uhci_hcd",
+    "usb_storage",
+    "uas",
 ];
 
 /// The module set could not be worked out.
