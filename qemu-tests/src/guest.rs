@@ -138,6 +138,37 @@ struct Disk {
     read_only: bool,
 }
 
+/// What the firmware boots instead of QEMU's `-kernel`: a medium written by
+/// `berth-build build --format`. Writes go to a temporary overlay
+/// (`snapshot=on`), so a medium can be booted by several tests at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Media {
+    /// An ISO on a CD-ROM drive (IDE on `pc`, SATA/AHCI on `q35`).
+    Cdrom(PathBuf),
+    /// A disk image (`format`: raw, qcow2, ...) on virtio-blk.
+    Disk {
+        /// The image.
+        path: PathBuf,
+        /// Its QEMU format name.
+        format: String,
+    },
+    /// A raw image as a USB stick on an xHCI controller.
+    UsbStick(PathBuf),
+}
+
+/// The machine's firmware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Firmware {
+    /// SeaBIOS, QEMU's default.
+    #[default]
+    Bios,
+    /// OVMF (`$BERTH_OVMF`, else Debian's `/usr/share/ovmf/OVMF.fd`).
+    Uefi,
+}
+
+/// Debian's OVMF build (package `ovmf`).
+pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+
 #[derive(Debug, Clone, Copy)]
 enum HostPort {
     Fixed(u16),
@@ -157,10 +188,15 @@ pub struct GuestBuilder {
     disks: Vec<Disk>,
     forwards: Vec<(HostPort, u16)>,
     network: bool,
+    user_net_options: Vec<String>,
     accel: Option<Accel>,
     no_reboot: bool,
     qemu: String,
     qemu_args: Vec<String>,
+    media: Option<Media>,
+    firmware: Firmware,
+    machine: String,
+    nic: String,
 }
 
 impl Default for GuestBuilder {
@@ -176,10 +212,15 @@ impl Default for GuestBuilder {
             disks: Vec::new(),
             forwards: Vec::new(),
             network: true,
+            user_net_options: Vec::new(),
             accel: None,
             no_reboot: true,
             qemu: std::env::var("BERTH_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into()),
             qemu_args: Vec::new(),
+            media: None,
+            firmware: Firmware::Bios,
+            machine: "pc".into(),
+            nic: "virtio-net-pci".into(),
         }
     }
 }
@@ -267,6 +308,13 @@ impl GuestBuilder {
         self
     }
 
+    /// Appends options to the user network's `-netdev user,...`, e.g.
+    /// `net=169.254.169.0/24,guestfwd=tcp:169.254.169.254:80-cmd:...`.
+    pub fn user_net_options(mut self, opts: &str) -> Self {
+        self.user_net_options.push(opts.to_owned());
+        self
+    }
+
     /// Forces an accelerator instead of asking [`accel::accel`].
     pub fn accel(mut self, accel: Accel) -> Self {
         self.accel = Some(accel);
@@ -277,6 +325,32 @@ impl GuestBuilder {
     /// restarts the machine.
     pub fn no_reboot(mut self, on: bool) -> Self {
         self.no_reboot = on;
+        self
+    }
+
+    /// Boots `media` through the firmware instead of `-kernel`/`-initrd`
+    /// (the command line is the one built into the medium).
+    pub fn boot_media(mut self, media: Media) -> Self {
+        self.media = Some(media);
+        self
+    }
+
+    /// The firmware (default SeaBIOS).
+    pub fn firmware(mut self, firmware: Firmware) -> Self {
+        self.firmware = firmware;
+        self
+    }
+
+    /// QEMU's machine type (default `pc`; `q35` has an AHCI controller).
+    pub fn machine(mut self, machine: &str) -> Self {
+        self.machine = machine.to_owned();
+        self
+    }
+
+    /// The NIC's QEMU device model (default `virtio-net-pci`; VirtualBox's
+    /// default is `e1000`).
+    pub fn nic(mut self, model: &str) -> Self {
+        self.nic = model.to_owned();
         self
     }
 
@@ -299,14 +373,29 @@ impl GuestBuilder {
     /// refuses its arguments fails here, with its stderr).
     pub fn boot(self) -> Result<Guest, GuestError> {
         let name = unique_log_name(self.name.clone().unwrap_or_else(default_name));
-        let kernel = self.kernel.clone().ok_or_else(|| GuestError::Missing {
-            name: name.clone(),
-            what: "kernel",
-        })?;
-        let initrd = self.initrd.clone().ok_or_else(|| GuestError::Missing {
-            name: name.clone(),
-            what: "initrd",
-        })?;
+        let payload = if self.media.is_some() {
+            None
+        } else {
+            let kernel = self.kernel.clone().ok_or_else(|| GuestError::Missing {
+                name: name.clone(),
+                what: "kernel",
+            })?;
+            let initrd = self.initrd.clone().ok_or_else(|| GuestError::Missing {
+                name: name.clone(),
+                what: "initrd",
+            })?;
+            Some((kernel, initrd))
+        };
+        if self.firmware == Firmware::Uefi && !Path::new(&ovmf()).is_file() {
+            return Err(GuestError::Setup {
+                name,
+                what: "UEFI firmware".into(),
+                source: std::io::Error::other(format!(
+                    "{} is missing (apt-get install ovmf, or set BERTH_OVMF)",
+                    ovmf()
+                )),
+            });
+        }
         let accel = match self.accel {
             Some(a) => a,
             None => accel::accel().map_err(|source| GuestError::Accel {
@@ -337,7 +426,7 @@ impl GuestBuilder {
             forwards.push((host, guest));
         }
 
-        let args = self.qemu_command_args(&kernel, &initrd, accel, listener.path(), &forwards);
+        let args = self.qemu_command_args(payload.as_ref(), accel, listener.path(), &forwards);
         let mut cmd = Command::new(&self.qemu);
         cmd.args(&args)
             .stdin(Stdio::null())
@@ -394,8 +483,7 @@ impl GuestBuilder {
 
     fn qemu_command_args(
         &self,
-        kernel: &Path,
-        initrd: &Path,
+        payload: Option<&(PathBuf, PathBuf)>,
         accel: Accel,
         qmp_socket: &Path,
         forwards: &[(u16, u16)],
@@ -408,7 +496,7 @@ impl GuestBuilder {
             "-serial",
             "stdio",
             "-machine",
-            "pc",
+            &self.machine,
         ]
         .iter()
         .map(|s| (*s).to_owned())
@@ -419,12 +507,49 @@ impl GuestBuilder {
             self.cpus.to_string(),
             "-m".into(),
             self.memory_mb.to_string(),
-            "-kernel".into(),
-            kernel.display().to_string(),
-            "-initrd".into(),
-            initrd.display().to_string(),
-            "-append".into(),
-            self.full_cmdline(),
+        ]);
+        if let Some((kernel, initrd)) = payload {
+            a.extend([
+                "-kernel".into(),
+                kernel.display().to_string(),
+                "-initrd".into(),
+                initrd.display().to_string(),
+                "-append".into(),
+                self.full_cmdline(),
+            ]);
+        }
+        if self.firmware == Firmware::Uefi {
+            a.extend(["-bios".into(), ovmf()]);
+        }
+        match &self.media {
+            None => {}
+            Some(Media::Cdrom(path)) => a.extend([
+                "-drive".into(),
+                format!(
+                    "file={},format=raw,media=cdrom,if=ide,readonly=on",
+                    path.display()
+                ),
+            ]),
+            Some(Media::Disk { path, format }) => a.extend([
+                "-drive".into(),
+                format!(
+                    "file={},format={format},if=virtio,snapshot=on,id=boot",
+                    path.display()
+                ),
+            ]),
+            Some(Media::UsbStick(path)) => a.extend([
+                "-device".into(),
+                "qemu-xhci,id=xhci".into(),
+                "-drive".into(),
+                format!(
+                    "file={},format=raw,if=none,snapshot=on,id=stick",
+                    path.display()
+                ),
+                "-device".into(),
+                "usb-storage,bus=xhci.0,drive=stick,bootindex=0".into(),
+            ]),
+        }
+        a.extend([
             "-chardev".into(),
             format!("socket,id=qmp,path={}", qmp_socket.display()),
             "-mon".into(),
@@ -438,11 +563,14 @@ impl GuestBuilder {
             for (host, guest) in forwards {
                 netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
             }
+            for opts in &self.user_net_options {
+                netdev.push_str(&format!(",{opts}"));
+            }
             a.extend([
                 "-netdev".into(),
                 netdev,
                 "-device".into(),
-                "virtio-net-pci,netdev=n0".into(),
+                format!("{},netdev=n0", self.nic),
             ]);
         }
         for (i, disk) in self.disks.iter().enumerate() {
@@ -458,6 +586,11 @@ impl GuestBuilder {
         a.extend(self.qemu_args.iter().cloned());
         a
     }
+}
+
+/// The OVMF image UEFI guests boot.
+fn ovmf() -> String {
+    std::env::var("BERTH_OVMF").unwrap_or_else(|_| OVMF.to_owned())
 }
 
 /// A running QEMU guest. Dropping it kills QEMU and saves the console.
@@ -840,8 +973,7 @@ mod tests {
             .disk_read_only("/tmp/ro.img")
             .forward(8080, 80);
         let args = b.qemu_command_args(
-            Path::new("/k"),
-            Path::new("/i"),
+            Some(&("/k".into(), "/i".into())),
             Accel::Tcg,
             Path::new("/s/qmp.sock"),
             &[(8080, 80), (2222, 22)],
@@ -871,10 +1003,41 @@ mod tests {
     }
 
     #[test]
+    fn media_boot_through_the_firmware() {
+        let b = Guest::builder()
+            .boot_media(Media::Cdrom("/m/berth.iso".into()))
+            .firmware(Firmware::Uefi)
+            .machine("q35")
+            .nic("e1000");
+        let args = b.qemu_command_args(None, Accel::Tcg, Path::new("/q"), &[]);
+        let joined = args.join(" ");
+        assert!(
+            !joined.contains("-kernel") && !joined.contains("-append"),
+            "{joined}"
+        );
+        for piece in [
+            "-machine q35",
+            &format!("-bios {}", ovmf()),
+            "-drive file=/m/berth.iso,format=raw,media=cdrom,if=ide,readonly=on",
+            "-device e1000,netdev=n0",
+        ] {
+            assert!(joined.contains(piece), "{piece:?} not in {joined}");
+        }
+        let stick = Guest::builder()
+            .boot_media(Media::UsbStick("/m/berth.iso".into()))
+            .qemu_command_args(None, Accel::Tcg, Path::new("/q"), &[])
+            .join(" ");
+        assert!(
+            stick.contains("usb-storage,bus=xhci.0,drive=stick"),
+            "{stick}"
+        );
+        assert!(!stick.contains("-bios"), "{stick}");
+    }
+
+    #[test]
     fn reboot_can_be_allowed() {
         let args = Guest::builder().no_reboot(false).qemu_command_args(
-            Path::new("/k"),
-            Path::new("/i"),
+            Some(&("/k".into(), "/i".into())),
             Accel::Kvm,
             Path::new("/q"),
             &[],

@@ -30,5 +30,5 @@ pub mod qmp;
 
 pub use accel::Accel;
 pub use console::{berth_lines, Matched};
-pub use guest::{Guest, GuestBuilder, GuestError};
+pub use guest::{Firmware, Guest, GuestBuilder, GuestError, Media};
 pub use image::{busybox_archive, Image, SharedImage};
