@@ -20,10 +20,12 @@ pub const KMSG_PATH: &str = "/dev/kmsg";
 
 struct Logger {
     kmsg: OnceLock<File>,
+    screen: OnceLock<File>,
 }
 
 static LOGGER: Logger = Logger {
     kmsg: OnceLock::new(),
+    screen: OnceLock::new(),
 };
 
 /// Time since boot (CLOCK_BOOTTIME), zero if the clock cannot be read.
@@ -86,6 +88,11 @@ impl Log for Logger {
         // Errors writing the console are ignored: there is nowhere else to say so.
         let _ = std::io::stdout().write_all(line.as_bytes());
         let _ = std::io::stdout().flush();
+        if let Some(mut screen) = self.screen.get() {
+            if record.target() == MILESTONE || record.level() <= Level::Warn {
+                let _ = screen.write_all(line.as_bytes());
+            }
+        }
         if let Some(mut kmsg) = self.kmsg.get() {
             // The kernel timestamps kmsg itself; send the line without ours.
             let plain = line.split_once("] ").map_or(line.as_str(), |(_, l)| l);
@@ -111,6 +118,42 @@ pub fn attach_kmsg() {
             let _ = LOGGER.kmsg.set(f);
         }
         Err(e) => log::warn!("cannot open {KMSG_PATH}: {e}"),
+    }
+}
+
+/// The virtual terminal that shows the screen when the kernel command line
+/// names it as a console but not as the last one (which is `/dev/console`,
+/// where init writes): `console=tty0 console=ttyS0` → `tty0`.
+pub fn screen_console(cmdline: &str) -> Option<String> {
+    let consoles: Vec<&str> = cmdline
+        .split_whitespace()
+        .filter_map(|a| a.strip_prefix("console="))
+        .map(|c| c.split(',').next().unwrap_or(c))
+        .collect();
+    let last = consoles.last()?;
+    let is_vt = |c: &str| {
+        c.strip_prefix("tty")
+            .is_some_and(|n| n.chars().all(|d| d.is_ascii_digit()))
+    };
+    if is_vt(last) {
+        return None;
+    }
+    consoles.iter().find(|c| is_vt(c)).map(|c| (*c).to_owned())
+}
+
+/// Also shows milestones, warnings and errors on the screen when the
+/// command line gives it as a console besides the last one (VirtualBox's
+/// window, a cloud's screenshot), since only the last gets init's output.
+pub fn attach_screen(cmdline: &str) {
+    let Some(tty) = screen_console(cmdline) else {
+        return;
+    };
+    let path = format!("/dev/{tty}");
+    match std::fs::OpenOptions::new().write(true).open(&path) {
+        Ok(f) => {
+            let _ = LOGGER.screen.set(f);
+        }
+        Err(e) => log::debug!("cannot open {path} for the screen: {e}"),
     }
 }
 
@@ -185,6 +228,21 @@ pub fn parse_level(name: &str) -> Option<LevelFilter> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_screen_is_mirrored_only_when_it_is_not_the_console() {
+        assert_eq!(
+            screen_console("console=tty0 console=ttyS0,115200 quiet").as_deref(),
+            Some("tty0")
+        );
+        assert_eq!(screen_console("console=ttyS0 console=tty1"), None);
+        assert_eq!(screen_console("console=ttyS0"), None);
+        assert_eq!(screen_console("quiet"), None);
+        assert_eq!(
+            screen_console("console=tty1 console=hvc0").as_deref(),
+            Some("tty1")
+        );
+    }
 
     #[test]
     fn milestone_and_module_lines() {

@@ -241,7 +241,10 @@ fn mount_early() {
 
 fn read_cmdline() -> Cmdline {
     let cmdline = match std::fs::read_to_string(CMDLINE_PATH) {
-        Ok(text) => Cmdline::parse(&text),
+        Ok(text) => {
+            logger::attach_screen(&text);
+            Cmdline::parse(&text)
+        }
         Err(e) => {
             log::warn!("cannot read {CMDLINE_PATH}: {e}");
             Cmdline::default()
