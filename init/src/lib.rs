@@ -8,6 +8,8 @@ pub mod cmdline;
 pub mod discover;
 pub mod event_loop;
 pub mod hostmode;
+pub mod http;
+pub mod imds;
 pub mod logger;
 pub mod modules;
 pub mod mounts;
