@@ -69,17 +69,42 @@ impl EventLoop<'_> {
     pub fn run(&mut self) -> ShutdownKind {
         let mut next_watch = Instant::now();
         loop {
-            let now = Instant::now();
-            self.supervisor.on_timer(now);
-            // Late devices first, so that a power button that exists when
-            // `ready` is printed is already being watched.
-            if let Some(watch) = self.watch.as_mut() {
-                if now >= next_watch {
-                    (watch.run)(self.buttons);
-                    next_watch = now + watch.every;
-                    watch.every = (watch.every * 2).min(watch.max);
-                }
+            if let Some(kind) = self.turn(&mut next_watch, true) {
+                return kind;
             }
+        }
+    }
+
+    /// Runs until the daemons started so far have all reported (or timed
+    /// out), without announcing readiness: init has more to start. Returns
+    /// the shutdown asked for meanwhile, if one was.
+    pub fn run_until_settled(&mut self) -> Option<ShutdownKind> {
+        let mut next_watch = Instant::now();
+        loop {
+            if let Some(kind) = self.turn(&mut next_watch, false) {
+                return Some(kind);
+            }
+            if self.supervisor.boot_settled() {
+                return None;
+            }
+        }
+    }
+
+    /// One wait for something to happen, and its handling. `announce`
+    /// prints the ready line when boot completes.
+    fn turn(&mut self, next_watch: &mut Instant, announce: bool) -> Option<ShutdownKind> {
+        let now = Instant::now();
+        self.supervisor.on_timer(now);
+        // Late devices first, so that a power button that exists when
+        // `ready` is printed is already being watched.
+        if let Some(watch) = self.watch.as_mut() {
+            if now >= *next_watch {
+                (watch.run)(self.buttons);
+                *next_watch = now + watch.every;
+                watch.every = (watch.every * 2).min(watch.max);
+            }
+        }
+        if announce {
             if let Some(workloads) = self.supervisor.take_boot_complete() {
                 log::info!(
                     target: MILESTONE,
@@ -87,71 +112,74 @@ impl EventLoop<'_> {
                     uptime().as_millis()
                 );
             }
+        } else if self.supervisor.boot_settled() {
+            return None;
+        }
 
-            let mut deadline = self.supervisor.next_deadline();
-            if self.watch.is_some() {
-                deadline = Some(deadline.map_or(next_watch, |d| d.min(next_watch)));
+        let mut deadline = self.supervisor.next_deadline();
+        if self.watch.is_some() {
+            deadline = Some(deadline.map_or(*next_watch, |d| d.min(*next_watch)));
+        }
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                let ms = d.saturating_duration_since(Instant::now()).as_millis();
+                // Round up so a timer is never polled for 0ms repeatedly.
+                PollTimeout::from(u16::try_from(ms + 1).unwrap_or(u16::MAX))
             }
-            let timeout = match deadline {
-                None => PollTimeout::NONE,
-                Some(d) => {
-                    let ms = d.saturating_duration_since(Instant::now()).as_millis();
-                    // Round up so a timer is never polled for 0ms repeatedly.
-                    PollTimeout::from(u16::try_from(ms + 1).unwrap_or(u16::MAX))
-                }
-            };
+        };
 
-            let ready = self.supervisor.ready_fds();
-            let ready_idx: Vec<usize> = ready.iter().map(|(i, _)| *i).collect();
-            let button_fds = self.buttons.fds();
-            let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
-            fds.extend(
-                ready
-                    .iter()
-                    .map(|(_, fd)| PollFd::new(*fd, PollFlags::POLLIN)),
-            );
-            fds.extend(
-                button_fds
-                    .iter()
-                    .map(|fd| PollFd::new(*fd, PollFlags::POLLIN)),
-            );
-            let n = match poll(&mut fds, timeout) {
-                Ok(n) => n,
-                Err(nix::errno::Errno::EINTR) => 0,
-                Err(e) => {
-                    log::error!("poll failed: {e}");
-                    std::thread::sleep(Duration::from_millis(100));
-                    0
-                }
-            };
-            let fired: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
-            drop(fds);
-            drop(button_fds);
-            drop(ready);
-            if n <= 0 {
-                continue;
+        let ready = self.supervisor.ready_fds();
+        let ready_idx: Vec<usize> = ready.iter().map(|(i, _)| *i).collect();
+        let button_fds = self.buttons.fds();
+        let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+        fds.extend(
+            ready
+                .iter()
+                .map(|(_, fd)| PollFd::new(*fd, PollFlags::POLLIN)),
+        );
+        fds.extend(
+            button_fds
+                .iter()
+                .map(|fd| PollFd::new(*fd, PollFlags::POLLIN)),
+        );
+        let n = match poll(&mut fds, timeout) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => 0,
+            Err(e) => {
+                log::error!("poll failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                0
             }
+        };
+        let fired: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
+        drop(fds);
+        drop(button_fds);
+        drop(ready);
+        if n <= 0 {
+            return None;
+        }
 
-            if fired.first() == Some(&true) {
-                if let Some(kind) = self.drain_signals() {
-                    return kind;
-                }
-            }
-            let now = Instant::now();
-            for (k, &index) in ready_idx.iter().enumerate() {
-                if fired.get(1 + k) == Some(&true) {
-                    self.supervisor.on_readable(index, now);
-                }
-            }
-            let base = 1 + ready_idx.len();
-            // Read from the highest index down: a failing device is removed.
-            for b in (0..fired.len().saturating_sub(base)).rev() {
-                if fired.get(base + b) == Some(&true) && self.buttons.pressed(b) {
-                    log::info!(target: MILESTONE, "power button pressed");
-                    return ShutdownKind::PowerOff;
-                }
+        if fired.first() == Some(&true) {
+            if let Some(kind) = self.drain_signals() {
+                return Some(kind);
             }
         }
+        let now = Instant::now();
+        for (k, &index) in ready_idx.iter().enumerate() {
+            if fired.get(1 + k) == Some(&true) {
+                self.supervisor.on_readable(index, now);
+            }
+        }
+        let base = 1 + ready_idx.len();
+        // Read from the highest index down: a failing device is removed.
+        for b in (0..fired.len().saturating_sub(base)).rev() {
+            if fired.get(base + b) == Some(&true) && self.buttons.pressed(b) {
+                log::info!(target: MILESTONE, "power button pressed");
+                return Some(ShutdownKind::PowerOff);
+            }
+        }
+        None
     }
 
     fn drain_signals(&mut self) -> Option<ShutdownKind> {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::sys::signal::Signal;
+use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
@@ -113,7 +113,28 @@ struct Daemon {
     pipe: Option<(OwnedFd, LineBuffer)>,
     restart_at: Option<Instant>,
     workloads: Option<u32>,
+    /// Stopped on purpose by [`Supervisor::restart`]: start again at once.
+    replacing: bool,
 }
+
+impl Daemon {
+    fn new(spec: DaemonSpec, backoff: Backoff, now: Instant) -> Self {
+        Self {
+            spec,
+            backoff,
+            pid: None,
+            started: now,
+            pipe: None,
+            restart_at: None,
+            workloads: None,
+            replacing: false,
+        }
+    }
+}
+
+/// How long a daemon restarted by [`Supervisor::restart`] may take to stop,
+/// on top of its readiness timeout, before the boot goes on without it.
+const STOP_ALLOWANCE: Duration = Duration::from_secs(5);
 
 enum Boot {
     /// Waiting for daemon `index` to report, until `deadline`.
@@ -125,6 +146,7 @@ enum Boot {
 /// The supervised daemons and the boot-time readiness sequence.
 pub struct Supervisor {
     daemons: Vec<Daemon>,
+    backoff: Backoff,
     boot: Boot,
     stopping: bool,
 }
@@ -136,19 +158,73 @@ impl Supervisor {
         Self {
             daemons: specs
                 .into_iter()
-                .map(|spec| Daemon {
-                    spec,
-                    backoff,
-                    pid: None,
-                    started: now,
-                    pipe: None,
-                    restart_at: None,
-                    workloads: None,
-                })
+                .map(|spec| Daemon::new(spec, backoff, now))
                 .collect(),
+            backoff,
             boot: Boot::Done { announced: false },
             stopping: false,
         }
+    }
+
+    /// Adds daemons after the others. Before boot is announced they join
+    /// the readiness sequence (started once the ones before have reported);
+    /// after it they start at once.
+    pub fn extend(&mut self, specs: Vec<DaemonSpec>, now: Instant) {
+        let first = self.daemons.len();
+        let backoff = self.backoff;
+        self.daemons.extend(
+            specs
+                .into_iter()
+                .map(|spec| Daemon::new(spec, backoff, now)),
+        );
+        match self.boot {
+            Boot::Done { announced: false } => self.advance_from(first, now),
+            Boot::Done { announced: true } => {
+                for index in first..self.daemons.len() {
+                    self.spawn(index, now);
+                }
+            }
+            // The sequence reaches them in turn.
+            Boot::Waiting { .. } => {}
+        }
+    }
+
+    /// Whether the boot sequence is over (every daemon reported or timed
+    /// out), announced or not.
+    pub fn boot_settled(&self) -> bool {
+        matches!(self.boot, Boot::Done { .. })
+    }
+
+    /// Restarts the daemon named `name` (to read a new configuration): stops
+    /// it with [`STOP_SIGNAL`] and starts it again as soon as it has exited,
+    /// without backoff. Before boot is announced, the sequence waits for its
+    /// readiness again. Returns false if there is no such daemon.
+    pub fn restart(&mut self, name: &str, now: Instant) -> bool {
+        let Some(index) = self.daemons.iter().position(|d| d.spec.name == name) else {
+            return false;
+        };
+        let daemon = &mut self.daemons[index];
+        // A readiness line from the old process must not count for the new one.
+        daemon.pipe = None;
+        let wait = daemon.spec.ready_timeout;
+        let started = match daemon.pid {
+            Some(pid) => {
+                if let Err(e) = kill(pid, STOP_SIGNAL) {
+                    // ESRCH: it already exited and is waiting to be reaped.
+                    log::debug!("cannot signal {} (pid {pid}): {e}", daemon.spec.name);
+                }
+                daemon.replacing = true;
+                true
+            }
+            None => self.spawn(index, now),
+        };
+        if started && !matches!(self.boot, Boot::Done { announced: true }) {
+            self.boot = Boot::Waiting {
+                index,
+                deadline: now + STOP_ALLOWANCE + wait,
+            };
+        }
+        true
     }
 
     /// Starts the first daemon; the others follow as each one gets ready.
@@ -263,14 +339,33 @@ impl Supervisor {
     /// Handles a reaped child; returns whether it was a supervised daemon.
     pub fn on_exit(&mut self, pid: Pid, status: &WaitStatus, now: Instant) -> bool {
         let stopping = self.stopping;
-        let Some(daemon) = self.daemons.iter_mut().find(|d| d.pid == Some(pid)) else {
+        let Some(index) = self.daemons.iter().position(|d| d.pid == Some(pid)) else {
             return false;
         };
+        let daemon = &mut self.daemons[index];
         daemon.pid = None;
         daemon.pipe = None;
         let how = describe_exit(status);
         if stopping {
             log::debug!("{} exited ({how})", daemon.spec.name);
+            return true;
+        }
+        if std::mem::take(&mut daemon.replacing) {
+            log::info!(
+                "{} stopped ({how}); starting it with the new manifest",
+                daemon.spec.name
+            );
+            let waiting = matches!(self.boot, Boot::Waiting { index: w, .. } if w == index);
+            if self.spawn(index, now) {
+                if waiting {
+                    self.boot = Boot::Waiting {
+                        index,
+                        deadline: now + self.daemons[index].spec.ready_timeout,
+                    };
+                }
+            } else if waiting {
+                self.advance_from(index + 1, now);
+            }
             return true;
         }
         let delay = daemon
@@ -333,6 +428,14 @@ impl Supervisor {
             }
             _ => None,
         }
+    }
+
+    /// The pid of the daemon named `name`, while it runs.
+    pub fn pid_of(&self, name: &str) -> Option<Pid> {
+        self.daemons
+            .iter()
+            .find(|d| d.spec.name == name)
+            .and_then(|d| d.pid)
     }
 
     /// Stops restarting; returns the running daemons' pids, last started first.
@@ -436,5 +539,74 @@ mod tests {
         assert_eq!(s.take_boot_complete(), None);
         // It is retried later, with backoff.
         assert!(s.next_deadline().is_some_and(|d| d > now));
+    }
+
+    /// A shell daemon named `name` that reports ready and then waits.
+    fn ready_then_wait(name: &str) -> DaemonSpec {
+        let mut spec = DaemonSpec::new(
+            "/bin/sh",
+            vec!["-c".into(), "echo READY >&3; exec sleep 30".into()],
+            Duration::from_secs(10),
+        );
+        spec.name = name.into();
+        spec
+    }
+
+    /// Waits (bounded) for the readiness pipe of daemon `index` and reads it.
+    fn read_ready(s: &mut Supervisor, index: usize) -> Result<(), String> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let fds = s.ready_fds();
+        let fd = fds
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, fd)| *fd)
+            .ok_or("no readiness pipe")?;
+        let mut pfd = [PollFd::new(fd, PollFlags::POLLIN)];
+        let n = poll(&mut pfd, PollTimeout::from(10_000u16)).map_err(|e| e.to_string())?;
+        drop(fds);
+        if n != 1 {
+            return Err("no readiness line within 10 s".into());
+        }
+        s.on_readable(index, Instant::now());
+        Ok(())
+    }
+
+    fn reap(s: &mut Supervisor, pid: Pid) -> Result<(), String> {
+        let status = nix::sys::wait::waitpid(pid, None).map_err(|e| e.to_string())?;
+        assert!(s.on_exit(pid, &status, Instant::now()));
+        Ok(())
+    }
+
+    #[test]
+    fn restart_and_extend_keep_the_readiness_sequence() -> Result<(), String> {
+        let mut s = Supervisor::new(vec![ready_then_wait("netd")], Backoff::default());
+        s.start(Instant::now());
+        assert!(!s.boot_settled());
+        read_ready(&mut s, 0)?;
+        assert!(s.boot_settled());
+        let old = s.pid_of("netd").ok_or("netd is not running")?;
+
+        // Restart it: the sequence waits for the new process, and a daemon
+        // added meanwhile starts only after that one is ready.
+        assert!(s.restart("netd", Instant::now()));
+        assert!(!s.restart("nonexistent", Instant::now()));
+        assert!(!s.boot_settled());
+        reap(&mut s, old)?;
+        let new = s.pid_of("netd").ok_or("netd was not started again")?;
+        assert_ne!(old, new);
+        s.extend(vec![ready_then_wait("engine")], Instant::now());
+        assert_eq!(s.pid_of("engine"), None);
+        read_ready(&mut s, 0)?;
+        assert!(s.pid_of("engine").is_some());
+        assert!(!s.boot_settled());
+        read_ready(&mut s, 1)?;
+        assert!(s.boot_settled());
+        assert_eq!(s.take_boot_complete(), Some(0));
+
+        for pid in s.stop() {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
+        Ok(())
     }
 }
