@@ -10,6 +10,9 @@ pub const MANIFEST_KEY: &str = "berth.manifest";
 /// Key that sets the console log level (`berth.log=debug`).
 pub const LOG_KEY: &str = "berth.log";
 
+/// Key that turns the instance metadata service lookup off (`berth.cloud=off`).
+pub const CLOUD_KEY: &str = "berth.cloud";
+
 /// A parsed kernel command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cmdline {
@@ -45,6 +48,12 @@ impl Cmdline {
     /// Whether `key` appears, as a bare flag or with a value.
     pub fn has(&self, key: &str) -> bool {
         self.params.iter().any(|(k, _)| k == key)
+    }
+
+    /// Whether init may ask the instance metadata service for a manifest
+    /// (unless `berth.cloud=off`).
+    pub fn cloud_lookup(&self) -> bool {
+        self.get(CLOUD_KEY) != Some("off")
     }
 }
 
@@ -99,6 +108,14 @@ mod tests {
         assert_eq!(c.get(MANIFEST_KEY), Some("/a b/m.toml"));
         assert_eq!(c.get("x"), Some("2"));
         assert_eq!(c.get("y"), Some("3 4"));
+    }
+
+    #[test]
+    fn cloud_lookup_unless_off() {
+        assert!(Cmdline::parse("console=ttyS0").cloud_lookup());
+        assert!(Cmdline::parse("berth.cloud=on").cloud_lookup());
+        assert!(!Cmdline::parse("berth.cloud=off").cloud_lookup());
+        assert!(Cmdline::parse("berth.cloud=off berth.cloud=on").cloud_lookup());
     }
 
     #[test]

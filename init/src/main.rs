@@ -19,15 +19,17 @@ use nix::sys::signalfd::SignalFd;
 use nix::unistd::{getpid, Pid};
 
 use init::cmdline::{Cmdline, CMDLINE_PATH, LOG_KEY};
-use init::discover::{self, LabelledDisk, Roots, DATA_LABEL};
+use init::discover::{self, Found, LabelledDisk, Roots, DATA_LABEL};
 use init::event_loop::{open_signalfd, EventLoop, Watch};
 use init::hostmode::{CliError, HostOptions, USAGE};
+use init::imds;
 use init::logger::{self, uptime, MILESTONE};
 use init::manifest::Manifest;
 use init::modindex::{ModuleIndex, INDEX_PATH, MODULES_DIR};
 use init::modules::{self, KernelKmod, Loader, SYS_ROOT};
 use init::mounts;
 use init::powerbutton::PowerButtons;
+use init::seed::MountingReader;
 use init::shutdown::{self, Mode, ShutdownKind};
 use init::supervisor::{Backoff, DaemonSpec, Supervisor};
 
@@ -35,6 +37,11 @@ use init::supervisor::{Backoff, DaemonSpec, Supervisor};
 const NETD: &str = "/sbin/berth-netd";
 /// The engine, started once the network is ready (or timed out).
 const BERTHD: &str = "/sbin/berthd";
+/// The daemons init starts, in order, and how long each may take to report.
+const DAEMONS: [(&str, Duration); 2] = [
+    (NETD, Duration::from_secs(10)),
+    (BERTHD, Duration::from_secs(60)),
+];
 /// The manifest as init understood it, for the daemons.
 const EFFECTIVE_MANIFEST: &str = "/run/berth/manifest.toml";
 /// How long coldplug waits for devices that drivers probe asynchronously.
@@ -132,9 +139,30 @@ fn boot(signals: &SignalFd) -> Outcome {
     let mut buttons = PowerButtons::default();
     buttons.rescan();
 
-    // 3. The manifest.
+    // 3. The manifest: the command line, disks, the image's own.
     let disks = discover::labelled_disks(&Roots::default());
-    let (manifest, text) = find_manifest(&cmdline, &disks);
+    let found = {
+        let mut seeds = MountingReader {
+            load_modules: |names: &[&str]| {
+                loader.load_names(names);
+            },
+        };
+        discover::discover(&cmdline, &Roots::default(), &disks, &mut seeds)
+    };
+    // Nothing on the machine: the instance metadata service, once the
+    // network is up.
+    let ask_cloud = found.is_none() && cmdline.cloud_lookup();
+    let (mut manifest, text) = match found {
+        Some(found) => parse_found(found),
+        None => {
+            if ask_cloud {
+                log::info!("no manifest on the command line, a disk or in the image");
+            } else {
+                log::info!(target: MILESTONE, "no manifest found");
+            }
+            (Manifest::default(), String::new())
+        }
+    };
     apply_system(&manifest, &mut loader);
 
     // 4. State: the data disk, or a tmpfs.
@@ -142,9 +170,38 @@ fn boot(signals: &SignalFd) -> Outcome {
     write_effective_manifest(&text);
 
     // 5. The daemons.
-    let specs = daemon_specs(&manifest);
-    let mut supervisor = Supervisor::new(specs, Backoff::default());
-    supervisor.start(Instant::now());
+    let mut supervisor;
+    if ask_cloud {
+        supervisor = Supervisor::new(daemon_specs(&manifest, &[NETD]), Backoff::default());
+        supervisor.start(Instant::now());
+        let interrupted = EventLoop {
+            signals,
+            supervisor: &mut supervisor,
+            buttons: &mut buttons,
+            watch: None,
+        }
+        .run_until_settled();
+        if let Some(kind) = interrupted {
+            return (kind, supervisor.stop(), shutdown::DEFAULT_GRACE);
+        }
+        if let Some(found) = discover::from_metadata_service(imds::ADDRESS, imds::BUDGET) {
+            let (cloud, text) = parse_found(found);
+            apply_system(&cloud, &mut loader);
+            write_effective_manifest(&text);
+            if netd_reads_differently(&text)
+                && supervisor.restart(&daemon_name(NETD), Instant::now())
+            {
+                log::info!("restarting berth-netd for the manifest's network settings");
+            }
+            manifest = cloud;
+        } else {
+            log::info!(target: MILESTONE, "no manifest found");
+        }
+        supervisor.extend(daemon_specs(&manifest, &[BERTHD]), Instant::now());
+    } else {
+        supervisor = Supervisor::new(daemon_specs(&manifest, &[NETD, BERTHD]), Backoff::default());
+        supervisor.start(Instant::now());
+    }
 
     // 7./8. Ready once the daemons report; then wait for a shutdown request,
     // watching for late devices (a power button appears after coldplug).
@@ -286,13 +343,9 @@ fn coldplug(loader: &mut Loader<'_, KernelKmod>) {
     log::debug!("coldplug loaded: {}", report.loaded.join(" "));
 }
 
-/// Finds, reads and validates the manifest. An invalid manifest is reported
-/// and replaced by an empty one: boot goes on with no workloads.
-fn find_manifest(cmdline: &Cmdline, disks: &[LabelledDisk]) -> (Manifest, String) {
-    let Some(found) = discover::discover(cmdline, &Roots::default(), disks) else {
-        log::info!(target: MILESTONE, "no manifest found");
-        return (Manifest::default(), String::new());
-    };
+/// Validates a manifest that was found. An invalid one is reported and
+/// replaced by an empty one: boot goes on with no workloads.
+fn parse_found(found: Found) -> (Manifest, String) {
     log::info!(target: MILESTONE, "manifest from {}", found.source);
     match Manifest::parse(&found.text, &found.source.origin()) {
         Ok(manifest) => (manifest, found.text),
@@ -301,6 +354,14 @@ fn find_manifest(cmdline: &Cmdline, disks: &[LabelledDisk]) -> (Manifest, String
             (Manifest::default(), String::new())
         }
     }
+}
+
+/// Whether berth-netd takes something from manifest `text` (its
+/// `[network]`, or a host name that DHCP must then not set) that an empty
+/// manifest lacks, so a netd started without it must be restarted.
+fn netd_reads_differently(text: &str) -> bool {
+    netd::manifest::parse(text, EFFECTIVE_MANIFEST)
+        .is_ok_and(|c| c != netd::manifest::NetdConfig::default())
 }
 
 /// `[system]`: host name, sysctls, extra modules.
@@ -363,20 +424,21 @@ fn write_effective_manifest(text: &str) {
     }
 }
 
-/// The daemons present in the image, network first.
-fn daemon_specs(manifest: &Manifest) -> Vec<DaemonSpec> {
+/// The daemons at `paths` that are in the image, in [`DAEMONS`] order.
+fn daemon_specs(manifest: &Manifest, paths: &[&str]) -> Vec<DaemonSpec> {
     let mut specs = Vec::new();
-    for (path, timeout) in [
-        (NETD, Duration::from_secs(10)),
-        (BERTHD, Duration::from_secs(60)),
-    ] {
+    for (path, timeout) in DAEMONS.iter().filter(|(p, _)| paths.contains(p)) {
         if PathBuf::from(path).exists() {
-            specs.push(DaemonSpec::new(path, daemon_args(path, manifest), timeout));
+            specs.push(DaemonSpec::new(
+                *path,
+                daemon_args(path, manifest),
+                *timeout,
+            ));
         } else {
             log::info!("{path} is not installed");
         }
     }
-    if !Path::new(BERTHD).exists() && !manifest.workloads.is_empty() {
+    if paths.contains(&BERTHD) && !Path::new(BERTHD).exists() && !manifest.workloads.is_empty() {
         log::warn!(
             target: MILESTONE,
             "{} declared workloads not started: no engine is installed ({BERTHD})",
@@ -384,6 +446,11 @@ fn daemon_specs(manifest: &Manifest) -> Vec<DaemonSpec> {
         );
     }
     specs
+}
+
+/// The supervisor's name for the daemon at `path` (its file name).
+fn daemon_name(path: &str) -> String {
+    DaemonSpec::new(path, Vec::new(), Duration::ZERO).name
 }
 
 /// The command line init gives the daemon at `path`.
@@ -475,5 +542,18 @@ mod tests {
             ["--config", EFFECTIVE_MANIFEST, "--console-logs"]
         );
         assert_eq!(daemon_args(NETD, &loud), ["--config", EFFECTIVE_MANIFEST]);
+    }
+
+    #[test]
+    fn netd_restarts_only_for_what_it_reads() {
+        assert!(!netd_reads_differently(""));
+        assert!(!netd_reads_differently(
+            "[system]\nmodules = [\"overlay\"]\n[workloads.web]\nimage = \"busybox\"\n"
+        ));
+        assert!(netd_reads_differently("[system]\nhostname = \"x\"\n"));
+        assert!(netd_reads_differently(
+            "[network]\n[[network.interface]]\nname = \"eth0\"\ndhcp = true\n"
+        ));
+        assert_eq!(daemon_name(NETD), "berth-netd");
     }
 }

@@ -6,6 +6,22 @@ use std::process::Command;
 
 use init::cmdline::Cmdline;
 use init::discover::{discover, labelled_disks, Roots, Source};
+use init::labels::Filesystem;
+use init::seed::{SeedError, SeedReader};
+
+/// No disk here is a cloud seed: reading one is a test failure.
+struct NoSeeds;
+
+impl SeedReader for NoSeeds {
+    fn read(
+        &mut self,
+        device: &Path,
+        _: Filesystem,
+        _: &str,
+    ) -> Result<Option<Vec<u8>>, SeedError> {
+        panic!("{} is no seed disk", device.display())
+    }
+}
 
 fn mkfs(image: &Path, label: &str, content: &Path) -> bool {
     Command::new("mkfs.ext4")
@@ -55,7 +71,8 @@ fn config_disk_wins_over_data_disk_and_baked() {
         ["berth-data", "berth-config", "other", "berth-config"]
     );
 
-    let found = discover(&Cmdline::parse("quiet"), &roots, &disks).expect("a manifest");
+    let found =
+        discover(&Cmdline::parse("quiet"), &roots, &disks, &mut NoSeeds).expect("a manifest");
     assert_eq!(found.source, Source::Disk(roots.dev.join("vdb")));
     assert_eq!(found.text, "# config\n");
 
@@ -65,7 +82,8 @@ fn config_disk_wins_over_data_disk_and_baked() {
         .filter(|d| d.label != "berth-config")
         .cloned()
         .collect();
-    let found = discover(&Cmdline::parse(""), &roots, &data_only).expect("a manifest");
+    let found =
+        discover(&Cmdline::parse(""), &roots, &data_only, &mut NoSeeds).expect("a manifest");
     assert_eq!(found.source, Source::Disk(roots.dev.join("vda")));
 
     // A config disk without /manifest.toml falls through to the baked one.
@@ -74,6 +92,6 @@ fn config_disk_wins_over_data_disk_and_baked() {
         .filter(|d| d.device.ends_with("vdd"))
         .cloned()
         .collect();
-    let found = discover(&Cmdline::parse(""), &roots, &empty).expect("a manifest");
+    let found = discover(&Cmdline::parse(""), &roots, &empty, &mut NoSeeds).expect("a manifest");
     assert_eq!(found.source, Source::Baked);
 }
