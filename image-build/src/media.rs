@@ -354,14 +354,20 @@ pub fn make_raw(p: &Payload<'_>, out: &Path, scratch: &Path) -> Result<(), Media
         let f = File::create(&tmp).map_err(io_err("create", &tmp))?;
         f.set_len(total).map_err(io_err("size", &tmp))?;
     }
+    // GUIDs derived from the payload's volume id rather than random ones.
+    let guid = |n: u32| format!("{volume_id:08X}-4245-5254-4800-{n:012X}");
     let table = format!(
         "label: gpt\n\
-         start={}, size={}, type=21686148-6449-6E6F-744E-656564454649, name=\"BIOS boot\"\n\
-         start={}, size={}, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=\"EFI system\"\n",
+         label-id: {}\n\
+         start={}, size={}, type=21686148-6449-6E6F-744E-656564454649, uuid={}, name=\"BIOS boot\"\n\
+         start={}, size={}, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid={}, name=\"EFI system\"\n",
+        guid(0),
         BIOS_BOOT_START / SECTOR,
         (ESP_START - BIOS_BOOT_START) / SECTOR,
+        guid(1),
         ESP_START / SECTOR,
         esp_bytes / SECTOR,
+        guid(2),
     );
     let mut sfdisk = Tool::Sfdisk.command()?;
     sfdisk
@@ -377,12 +383,24 @@ pub fn make_raw(p: &Payload<'_>, out: &Path, scratch: &Path) -> Result<(), Media
         .write(true)
         .open(&tmp)
         .map_err(io_err("open", &tmp))?;
+    // Blocks of zeros are skipped: the disk stays sparse where the ESP is
+    // empty.
     let write_at = |disk: &mut File, at: u64, src: &Path| -> Result<(), MediaError> {
         let mut input = File::open(src).map_err(io_err("read", src))?;
-        disk.seek(SeekFrom::Start(at))
-            .map_err(io_err("write", &tmp))?;
-        io::copy(&mut input, disk).map_err(io_err("write", &tmp))?;
-        Ok(())
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut pos = at;
+        loop {
+            let n = input.read(&mut buf).map_err(io_err("read", src))?;
+            if n == 0 {
+                return Ok(());
+            }
+            if buf[..n].iter().any(|b| *b != 0) {
+                disk.seek(SeekFrom::Start(pos))
+                    .map_err(io_err("write", &tmp))?;
+                disk.write_all(&buf[..n]).map_err(io_err("write", &tmp))?;
+            }
+            pos += n as u64;
+        }
     };
     write_at(&mut disk, ESP_START, &esp)?;
 
