@@ -78,6 +78,21 @@ impl Image {
     /// berth-build takes the kernel from its cache. `name` must be unique
     /// among images built concurrently.
     pub fn build(name: &str, manifest: &str, extra_args: &[&str]) -> Result<Self, ImageError> {
+        Self::build_with(name, Some(manifest), extra_args)
+    }
+
+    /// Builds a generic image, one with no manifest baked in (it looks for
+    /// one at boot: the kernel command line, a disk, the cloud), like
+    /// [`Image::build`] otherwise.
+    pub fn build_generic(name: &str, extra_args: &[&str]) -> Result<Self, ImageError> {
+        Self::build_with(name, None, extra_args)
+    }
+
+    fn build_with(
+        name: &str,
+        manifest: Option<&str>,
+        extra_args: &[&str],
+    ) -> Result<Self, ImageError> {
         // One build at a time: they are CPU-bound, and the first one may be
         // filling berth-build's kernel cache.
         static BUILDING: Mutex<()> = Mutex::new(());
@@ -100,10 +115,13 @@ impl Image {
             std::fs::remove_dir_all(&dir).map_err(prepare(&dir))?;
         }
         std::fs::create_dir_all(&root).map_err(prepare(&root))?;
-        std::fs::write(&manifest_path, manifest).map_err(prepare(&manifest_path))?;
-
         let mut cmd = Command::new(&tool);
-        cmd.arg("build").arg(&manifest_path).arg("-o").arg(&dir);
+        cmd.arg("build");
+        if let Some(manifest) = manifest {
+            std::fs::write(&manifest_path, manifest).map_err(prepare(&manifest_path))?;
+            cmd.arg(&manifest_path);
+        }
+        cmd.arg("-o").arg(&dir);
         if let Some(deb) = std::env::var_os("BERTH_KERNEL_DEB") {
             cmd.arg("--kernel-deb").arg(deb);
         }
