@@ -1290,8 +1290,12 @@ fn berth_errors_are_one_line() {
         "true",
     ])
     .ok("run done");
-    d.berth(&["exec", "done", "true"])
+    let stopped = d
+        .berth(&["exec", "done", "true"])
         .fails_with("exec in a stopped container", "done");
+    // As `docker exec`: a container that is missing or not running is 1.
+    assert_eq!(stopped.code, 1, "{}", stopped.stderr);
+    assert_eq!(d.berth(&["exec", "nosuch", "true"]).code, 1);
     d.berth(&["kill", "-s", "SIGNOPE", "done"])
         .fails_with("kill -s SIGNOPE", "SIGNOPE");
     // The daemon is gone: one line saying so.

@@ -38,7 +38,7 @@ pub const COLDPLUG_PROFILE: &[&str] = &[
     "sr_mod",
     "vfat",
     "nls_cp437",
-    "nls_utf8",
+    "nls_ascii", // Debian's vfat default iocharset
     // VirtualBox's defaults, and most PCs: Intel NICs, AHCI/IDE disks.
     "e1000",
     "e1000e",

@@ -163,6 +163,11 @@ impl Artifacts {
             .map_err(|e| RunError::Read(cmdline_path, e))?
             .trim()
             .to_string();
+        // QEMU's user network is never a cloud, but slirp passes
+        // 169.254.169.254 on to the host's network: on a cloud VM an image
+        // without a manifest would take the host's user-data. `--cmdline
+        // berth.cloud=on` (later, so it wins) turns the lookup back on.
+        cmdline.push_str(" berth.cloud=off");
         if let Some(extra) = extra.map(str::trim).filter(|e| !e.is_empty()) {
             cmdline.push(' ');
             cmdline.push_str(extra);
@@ -669,6 +674,22 @@ mod tests {
         assert!(
             err.starts_with(&format!("{}/vmlinuz does not exist", dir.path().display())),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn run_keeps_the_guest_off_the_hosts_metadata_service() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["vmlinuz", "initrd.img"] {
+            std::fs::write(dir.path().join(f), b"x").unwrap();
+        }
+        std::fs::write(dir.path().join("cmdline"), "console=ttyS0 quiet\n").unwrap();
+        let art = Artifacts::load(dir.path(), None).unwrap();
+        assert_eq!(art.cmdline, "console=ttyS0 quiet berth.cloud=off");
+        let art = Artifacts::load(dir.path(), Some("berth.cloud=on")).unwrap();
+        assert_eq!(
+            art.cmdline,
+            "console=ttyS0 quiet berth.cloud=off berth.cloud=on"
         );
     }
 }

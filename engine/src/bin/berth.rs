@@ -1147,7 +1147,8 @@ async fn exec(
             json_body(&req),
         )
         .await
-        .map_err(|e| Fail::new(125, e.to_string()))?;
+        // No such container, or not running: exit 1, as `docker exec`.
+        .map_err(|e| Fail::new(1, e.to_string()))?;
     let start = ExecStartRequest {
         detach: Some(false),
         tty: Some(false),
