@@ -47,9 +47,17 @@ fn write(path: &Path, text: &str) -> PathBuf {
 
 /// `build` against the real kernel tree, with extra arguments.
 fn build(manifest: &Path, out: &Path, bin: &Path, extra: &[&str]) -> Output {
-    let mut args: Vec<std::ffi::OsString> = vec![
-        "build".into(),
-        manifest.into(),
+    build_with(Some(manifest), out, bin, extra)
+}
+
+/// `build` with the test kernel; `manifest` none bakes no manifest.
+fn build_with(manifest: Option<&Path>, out: &Path, bin: &Path, extra: &[&str]) -> Output {
+    use std::ffi::OsString;
+    let mut args: Vec<OsString> = vec!["build".into()];
+    if let Some(m) = manifest {
+        args.push(m.into());
+    }
+    let common: [OsString; 8] = [
         "-o".into(),
         out.into(),
         "--kernel".into(),
@@ -59,6 +67,7 @@ fn build(manifest: &Path, out: &Path, bin: &Path, extra: &[&str]) -> Output {
         "--bin-dir".into(),
         bin.into(),
     ];
+    args.extend(common);
     args.extend(extra.iter().map(Into::into));
     let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
     berth_build(&refs)
@@ -618,21 +627,17 @@ fn build_writes_each_format_and_names_what_is_missing() {
     assert!(!dir.path().join("notools/initrd.img").exists());
 
     let media = dir.path().join("media");
-    let out = berth_build(&[
-        "build".as_ref(),
-        "-o".as_ref(),
-        media.as_os_str(),
-        "--kernel".as_ref(),
-        testkernel::vmlinuz().as_os_str(),
-        "--modules".as_ref(),
-        testkernel::modules_dir().as_os_str(),
-        "--bin-dir".as_ref(),
-        bin.as_os_str(),
-        "--format".as_ref(),
-        "raw,iso,qcow2,vmdk,vdi,vhd".as_ref(),
-        "--cmdline".as_ref(),
-        "console=ttyS0 berth.test=1".as_ref(),
-    ]);
+    let out = build_with(
+        None,
+        &media,
+        &bin,
+        &[
+            "--format",
+            "raw,iso,qcow2,vmdk,vdi,vhd",
+            "--cmdline",
+            "console=ttyS0 berth.test=1",
+        ],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let mut names: Vec<String> = std::fs::read_dir(&media)
         .unwrap()
@@ -768,17 +773,7 @@ fn build_without_a_manifest_bakes_none() {
     let dir = tempfile::tempdir().unwrap();
     let bin = bin_dir(dir.path());
     let out_dir = dir.path().join("out");
-    let out = berth_build(&[
-        "build".as_ref(),
-        "-o".as_ref(),
-        out_dir.as_os_str(),
-        "--kernel".as_ref(),
-        testkernel::vmlinuz().as_os_str(),
-        "--modules".as_ref(),
-        testkernel::modules_dir().as_os_str(),
-        "--bin-dir".as_ref(),
-        bin.as_os_str(),
-    ]);
+    let out = build_with(None, &out_dir, &bin, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let (_, names) = list(&out_dir.join("initrd.img"));
     assert!(names.iter().any(|n| n == "init"), "{names:?}");

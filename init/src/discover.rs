@@ -320,13 +320,7 @@ mod tests {
     use super::*;
     use crate::seed::{read_capped, SeedError};
 
-    fn superblock(label: &[u8]) -> Vec<u8> {
-        let mut sb = vec![0u8; 1024];
-        sb[0x38] = 0x53;
-        sb[0x39] = 0xef;
-        sb[0x78..0x78 + label.len()].copy_from_slice(label);
-        sb
-    }
+    use crate::labels::test_superblock as superblock;
 
     #[test]
     fn source_names_match_the_console_contract() {

@@ -122,18 +122,22 @@ pub fn read_head(device: &Path) -> std::io::Result<Vec<u8>> {
     Ok(head)
 }
 
+/// An ext4 superblock with `label`, for tests.
+#[cfg(test)]
+pub(crate) fn test_superblock(label: &[u8]) -> Vec<u8> {
+    let mut sb = vec![0u8; 1024];
+    sb[0x38] = 0x53;
+    sb[0x39] = 0xef;
+    sb[0x78..0x78 + label.len()].copy_from_slice(label);
+    sb
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::process::Command;
 
-    fn superblock(label: &[u8]) -> Vec<u8> {
-        let mut sb = vec![0u8; 1024];
-        sb[0x38] = 0x53;
-        sb[0x39] = 0xef;
-        sb[0x78..0x78 + label.len()].copy_from_slice(label);
-        sb
-    }
+    use super::test_superblock as superblock;
 
     #[test]
     fn reads_ext4_label() {
