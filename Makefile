@@ -29,6 +29,10 @@ out/images/busybox.tar: scripts/busybox-image.sh | setup
 out/demo: binaries examples/demo.toml out/images/busybox.tar
 	$(BUILD) build examples/demo.toml --image out/images/busybox.tar -o out/demo
 
+# The demo as every boot medium (ISO, raw disk and its conversions).
+out/media: binaries examples/demo.toml out/images/busybox.tar
+	$(BUILD) build examples/demo.toml --image out/images/busybox.tar -o out/media --format iso,raw,qcow2,vmdk,vdi,vhd
+
 # Boots the demo with its page published on 127.0.0.1:8080 and, once the
 # guest is ready, fetches that page from the host to show the workloads
 # serving. Interactive: the console stays attached and Ctrl-C powers the
@@ -53,7 +57,7 @@ lint: setup
 test: lint out/demo
 	BERTH_BIN_DIR=$(BIN_DIR) cargo test --locked --workspace --no-fail-fast -- --test-threads=$$(nproc)
 
-bench: out/demo
+bench: out/demo out/media
 	BERTH_BIN_DIR=$(BIN_DIR) cargo run --release --locked -p qemu-tests --bin berth-bench
 
 clean:

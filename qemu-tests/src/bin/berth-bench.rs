@@ -7,7 +7,7 @@
 //! it, so they do not include QEMU's own start-up; the wall-clock columns do.
 //!
 //! `berth-bench [--only SECTION[,SECTION...]] [IMAGE_DIR]` runs some
-//! sections only (`sizes`, `boot`, `netd`, `engine`), e.g. `--only netd`
+//! sections only (`sizes`, `boot`, `media`, `netd`, `engine`), e.g. `--only netd`
 //! for numbers without booting a VM.
 
 use std::path::{Path, PathBuf};
@@ -18,11 +18,13 @@ use qemu_tests::{accel, http, paths, Guest, Image};
 
 #[path = "berth-bench/engine.rs"]
 mod engine;
+#[path = "berth-bench/media.rs"]
+mod media;
 #[path = "berth-bench/netd.rs"]
 mod netd;
 
 /// The sections, in the order they run.
-const SECTIONS: [&str; 4] = ["sizes", "boot", "netd", "engine"];
+const SECTIONS: [&str; 5] = ["sizes", "boot", "media", "netd", "engine"];
 
 const BOOTS: usize = 5;
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -124,6 +126,9 @@ fn main() -> Result<()> {
     }
     if want("boot") {
         boot(&args.image_dir)?;
+    }
+    if want("media") {
+        media::run(&paths::workspace_dir().join("out/media"), &args.image_dir)?;
     }
     if want("netd") {
         netd::run()?;
