@@ -44,7 +44,20 @@ pub(super) async fn create(api: &Api, id: &str, req: Request<Incoming>) -> Reply
     }
     let m = api.manager().clone();
     let cid = id.to_owned();
-    let container_id = blocking(move || Ok(m.inspect(&cid)?.id)).await?;
+    // As Docker: a container that is not running refuses the exec at
+    // creation (409), so clients fail before starting anything.
+    let container_id = blocking(move || {
+        let info = m.inspect(&cid)?;
+        if info.state.status != crate::manager::Status::Running {
+            return Err(crate::manager::ManagerError::Conflict(format!(
+                "container {} is not running",
+                info.name
+            ))
+            .into());
+        }
+        Ok(info.id)
+    })
+    .await?;
     let exec_id = crate::manager::names::new_id()
         .map_err(|e| ApiError::Internal(format!("cannot make an exec id: {e}")))?;
     let entry = ExecEntry {
