@@ -129,6 +129,11 @@ const MIN_RENEW_WAIT: Duration = Duration::from_secs(4);
 const DECLINE_WAIT: Duration = Duration::from_secs(1);
 /// Longest wait after a DECLINE.
 const MAX_DECLINE_WAIT: Duration = Duration::from_secs(10);
+/// How long an address found taken is not configured again: a server that
+/// offers it once more (dnsmasq may, when its next pick hashes to the same
+/// address) is told again with a DECLINE, without the address touching the
+/// link.
+const DECLINED_MEMORY: Duration = Duration::from_secs(60);
 
 /// One interface's DHCP client.
 #[derive(Debug)]
@@ -148,6 +153,8 @@ pub struct Client {
     remembered: Option<Binding>,
     /// DECLINEs since the last lease that was used.
     declines: u32,
+    /// Addresses found taken, and when.
+    declined: Vec<(Ipv4Addr, Instant)>,
 }
 
 impl Client {
@@ -165,6 +172,7 @@ impl Client {
             binding: None,
             remembered: None,
             declines: 0,
+            declined: Vec::new(),
         }
     }
 
@@ -227,14 +235,29 @@ impl Client {
         ));
         self.remembered = None;
         self.offer = None;
+        self.declined.retain(|(a, _)| *a != b.lease.address);
+        self.declined.push((b.lease.address, now));
         out.push(Action::Forget);
+        self.wait_after_decline(now);
+        out
+    }
+
+    /// After a DECLINE: DISCOVER again after a wait that grows with each
+    /// DECLINE in a row.
+    fn wait_after_decline(&mut self, now: Instant) {
         let wait = DECLINE_WAIT
             .saturating_mul(1 << self.declines.min(4))
             .min(MAX_DECLINE_WAIT);
         self.declines += 1;
         self.state = State::Declined;
         self.deadline = Some(now + wait);
-        out
+    }
+
+    /// Whether `addr` was found taken within [`DECLINED_MEMORY`].
+    fn recently_declined(&mut self, now: Instant, addr: Ipv4Addr) -> bool {
+        self.declined
+            .retain(|(_, at)| now.saturating_duration_since(*at) < DECLINED_MEMORY);
+        self.declined.iter().any(|(a, _)| *a == addr)
     }
 
     /// Feeds one event.
@@ -359,6 +382,21 @@ impl Client {
             return;
         }
         match (self.state, reply) {
+            (State::Selecting, Reply::Offer { lease, .. })
+                if self.recently_declined(now, lease.address) =>
+            {
+                log::warn!(
+                    target: "netd::dhcp",
+                    "{} offered {} again, which another host uses; declining it without configuring it",
+                    lease.server,
+                    lease.address
+                );
+                out.push(Action::Send(
+                    packet::decline(&self.id, self.xid, lease.server, lease.address),
+                    Destination::Broadcast,
+                ));
+                self.wait_after_decline(now);
+            }
             (State::Selecting, Reply::Offer { lease, .. }) => {
                 let kind = RequestKind::Selecting {
                     server: lease.server,
@@ -1056,24 +1094,56 @@ mod tests {
         let (kind, _, xid, msg) = only_send(&c.handle(t1, Event::Timer));
         assert_eq!(kind, MessageType::Discover);
         assert!(msg.opts().get(OptionCode::RequestedIpAddress).is_none());
-        // A second conflict in a row waits twice as long.
+        // A second conflict in a row (another address) waits twice as long.
+        let other = Ipv4Addr::new(10, 0, 0, 51);
         c.handle(
             t1,
             Event::Reply(Reply::Offer {
                 xid,
-                lease: lease(ADDR, 120),
+                lease: lease(other, 120),
             }),
         );
         c.handle(
             t1,
             Event::Reply(Reply::Ack {
                 xid,
-                lease: lease(ADDR, 120),
+                lease: lease(other, 120),
             }),
         );
         assert_eq!(c.state(), State::Bound);
         c.decline(t1);
         assert_eq!(c.deadline(), Some(t1 + 2 * DECLINE_WAIT));
+        // The same address offered again is declined at once, never
+        // requested or configured; the wait grows again.
+        let t2 = t1 + 2 * DECLINE_WAIT;
+        let (kind, _, xid, _) = only_send(&c.handle(t2, Event::Timer));
+        assert_eq!(kind, MessageType::Discover);
+        let a = c.handle(
+            t2,
+            Event::Reply(Reply::Offer {
+                xid,
+                lease: lease(ADDR, 120),
+            }),
+        );
+        let (kind, _, _, msg) = only_send(&a);
+        assert_eq!(kind, MessageType::Decline);
+        assert_eq!(
+            msg.opts().get(OptionCode::RequestedIpAddress),
+            Some(&DhcpOption::RequestedIpAddress(ADDR))
+        );
+        assert_eq!(c.state(), State::Declined);
+        assert_eq!(c.deadline(), Some(t2 + 4 * DECLINE_WAIT));
+        // Once the memory has passed, the address is usable again.
+        let t3 = t2 + DECLINED_MEMORY;
+        let (_, _, xid, _) = only_send(&c.handle(t3, Event::Timer));
+        let (kind, _, _, _) = only_send(&c.handle(
+            t3,
+            Event::Reply(Reply::Offer {
+                xid,
+                lease: lease(ADDR, 120),
+            }),
+        ));
+        assert_eq!(kind, MessageType::Request);
         // Nothing to decline without a lease.
         assert!(client().decline(t0).is_empty());
     }
