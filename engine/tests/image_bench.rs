@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Prints one line: `image-load: archive=... load_ms=N tar_ms=M tar_sync_ms=S ratio=R ...`
-//! (tar_sync: tar followed by sync(2), since the load leaves its data durable;
+//! (tar_sync: tar followed by sync(2), what having the files on disk costs;
 //! set BERTH_BENCH_DIR=/dev/shm to take the disk out of the comparison).
 
 use std::fs;

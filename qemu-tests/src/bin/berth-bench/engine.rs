@@ -228,7 +228,7 @@ pub fn run() -> Result<()> {
         ),
         ("tar -xzf of the same layers".to_string(), &loads.tar),
         (
-            "tar -xzf, then sync -f (durable, as berth)".to_string(),
+            "tar -xzf, then sync -f (files on disk)".to_string(),
             &loads.tar_sync,
         ),
     ] {
@@ -703,8 +703,9 @@ struct LoadTimes {
     berth: Vec<Duration>,
     /// `tar -xzf` of each layer into an empty directory (then removed).
     tar: Vec<Duration>,
-    /// The same, then `sync -f` of the directory's filesystem: berthd
-    /// syncs each layer before it names it complete, tar does not.
+    /// The same, then `sync -f` of the directory's filesystem: what having
+    /// the files on disk costs (berthd fsyncs blobs, and syncs layers in the
+    /// background behind markers that rebuild them after a crash).
     tar_sync: Vec<Duration>,
 }
 
