@@ -89,6 +89,55 @@ fn manifest_from_a_nocloud_seed_on_a_cdrom() -> Result<()> {
     Ok(())
 }
 
+/// An OpenStack config drive as a FAT disk (label `config-2`, the form
+/// Nova writes with `config_drive_format=vfat`): the manifest at
+/// `openstack/latest/user_data`. Checks the FAT label probe, the vfat
+/// modules (nls_ascii is Debian's default iocharset) and the config-2 path.
+#[test]
+fn manifest_from_a_fat_config_drive() -> Result<()> {
+    let image = generic_image()?;
+    let dir = tempfile::tempdir()?;
+    let disk = dir.path().join("config-2.img");
+    let user_data = dir.path().join("user_data");
+    std::fs::write(&user_data, "[system]\nhostname = \"from-config-drive\"\n")?;
+    let run = |program: &str, args: &[&str]| -> Result<()> {
+        let out = Command::new(program)
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(args)
+            .output()
+            .with_context(|| format!("cannot run {program} (scripts/setup.sh installs it)"))?;
+        ensure!(
+            out.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    let d = disk.to_string_lossy();
+    run("mkfs.vfat", &["-n", "config-2", "-C", &d, "8192"])?;
+    run("mmd", &["-i", &d, "::/openstack", "::/openstack/latest"])?;
+    run(
+        "mcopy",
+        &[
+            "-i",
+            &d,
+            &user_data.to_string_lossy(),
+            "::/openstack/latest/user_data",
+        ],
+    )?;
+    let mut guest = Guest::from_image(&image)
+        .user_net_options(ISOLATED)
+        .disk_read_only(&disk)
+        .boot()?;
+    guest.expect_console(
+        r"berth: manifest from config-drive:/dev/vda:/openstack/latest/user_data$",
+        READY,
+    )?;
+    guest.expect_console(r"hostname set to from-config-drive$", READY)?;
+    guest.expect_console(READY_LINE, READY)?;
+    Ok(())
+}
+
 /// What the metadata service saw: each request's first line and its
 /// `X-aws-ec2-metadata-token`, in arrival order.
 type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
@@ -241,5 +290,29 @@ fn without_a_metadata_service_a_generic_image_boots_on_quickly() -> Result<()> {
     guest.expect_console(r"berth: no manifest found$", READY)?;
     let ready = guest.expect_console(READY_LINE, READY)?;
     assert_eq!(ready.get(2), Some("0"), "{}", ready.text());
+    Ok(())
+}
+
+/// `berth.cloud=off`: a generic image next to a working metadata service
+/// does not ask it.
+#[test]
+fn berth_cloud_off_skips_the_metadata_service() -> Result<()> {
+    let image = generic_image()?;
+    let (port, seen) = serve_imds("[system]\nhostname = \"from-imds\"\n")?;
+    let mut guest = Guest::from_image(&image)
+        .user_net_options(&metadata_network(port))
+        .append_cmdline("berth.cloud=off")
+        .boot()?;
+    guest.expect_console(r"berth: no manifest found$", READY)?;
+    guest.expect_console(READY_LINE, READY)?;
+    let asked = seen.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+    ensure!(
+        asked.is_empty(),
+        "the metadata service was asked: {asked:?}"
+    );
+    ensure!(
+        !guest.console().contains("from-imds"),
+        "the metadata service's manifest was applied"
+    );
     Ok(())
 }
