@@ -292,10 +292,6 @@ pub fn build(req: &Request) -> Result<Report, ImageError> {
         initrd: &initrd_path,
         cmdline: &req.cmdline,
     };
-    let needs_raw = req
-        .formats
-        .iter()
-        .any(|f| !matches!(f, Format::Kernel | Format::Iso));
     let raw = if req.formats.contains(&Format::Raw) {
         req.out.join(Format::Raw.file_name())
     } else {
@@ -308,7 +304,9 @@ pub fn build(req: &Request) -> Result<Report, ImageError> {
             Format::Iso => media::make_iso(&payload, &out, scratch.path())?,
             Format::Raw => media::make_raw(&payload, &out, scratch.path())?,
             _ => {
-                if needs_raw && !raw.exists() {
+                // The conversions come after `raw` (formats are sorted):
+                // made here only when raw itself was not asked for.
+                if !raw.exists() {
                     media::make_raw(&payload, &raw, scratch.path())?;
                 }
                 media::convert(&raw, *f, &out)?;

@@ -246,9 +246,16 @@ pub fn check_tools(formats: &[Format]) -> Result<(), MediaError> {
         Tool::GrubMkrescue.find()?;
         Tool::Xorriso.find()?;
         Tool::Mcopy.find()?;
+        Tool::Mmd.find()?;
     }
     if raw {
-        for t in [Tool::GrubMkimage, Tool::MkfsVfat, Tool::Mcopy, Tool::Sfdisk] {
+        for t in [
+            Tool::GrubMkimage,
+            Tool::MkfsVfat,
+            Tool::Mcopy,
+            Tool::Mmd,
+            Tool::Sfdisk,
+        ] {
             t.find()?;
         }
     }
@@ -335,7 +342,7 @@ pub fn make_raw(p: &Payload<'_>, out: &Path, scratch: &Path) -> Result<(), Media
     fs::write(&cfg, grub_cfg(p.cmdline)).map_err(io_err("write", &cfg))?;
     mtools(
         &esp,
-        "mmd",
+        Tool::Mmd,
         &["::/EFI", "::/EFI/BOOT", "::/boot", "::/boot/grub"],
     )?;
     for (src, dest) in [
@@ -344,7 +351,7 @@ pub fn make_raw(p: &Payload<'_>, out: &Path, scratch: &Path) -> Result<(), Media
         (p.initrd, "::/boot/initrd.img"),
         (cfg.as_path(), "::/boot/grub/grub.cfg"),
     ] {
-        mtools(&esp, "mcopy", &[&src.to_string_lossy(), dest])?;
+        mtools(&esp, Tool::Mcopy, &[&src.to_string_lossy(), dest])?;
     }
 
     // The disk: partitions by sfdisk, then the ESP and GRUB's BIOS parts.
@@ -372,11 +379,8 @@ pub fn make_raw(p: &Payload<'_>, out: &Path, scratch: &Path) -> Result<(), Media
     let mut sfdisk = Tool::Sfdisk.command()?;
     sfdisk
         .args(["--quiet", "--no-reread", "--no-tell-kernel"])
-        .arg(&tmp)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    run_with_stdin(Tool::Sfdisk, sfdisk, table.as_bytes())?;
+        .arg(&tmp);
+    Tool::Sfdisk.output_with_input(&mut sfdisk, Some(table.as_bytes()))?;
 
     let mut disk = fs::OpenOptions::new()
         .read(true)
@@ -475,66 +479,15 @@ fn grub_mkimage(
     Ok(())
 }
 
-/// Runs an mtools program (`mmd`, `mcopy`) on the FAT image `fat`.
-fn mtools(fat: &Path, program: &str, args: &[&str]) -> Result<(), MediaError> {
-    let mut cmd = std::process::Command::new(program);
+/// Runs an mtools program ([`Tool::Mmd`], [`Tool::Mcopy`]) on the FAT
+/// image `fat`.
+fn mtools(fat: &Path, tool: Tool, args: &[&str]) -> Result<(), MediaError> {
+    let mut cmd = tool.command()?;
     cmd.env("MTOOLS_SKIP_CHECK", "1")
         .arg("-i")
         .arg(fat)
         .args(args);
-    let out = cmd.output().map_err(|source| {
-        if source.kind() == io::ErrorKind::NotFound {
-            MediaError::Tool(ToolError::Missing {
-                tool: "mtools",
-                package: Tool::Mcopy.package(),
-            })
-        } else {
-            MediaError::Tool(ToolError::Spawn {
-                tool: "mtools",
-                source,
-            })
-        }
-    })?;
-    if !out.status.success() {
-        return Err(MediaError::Tool(ToolError::Failed {
-            command: format!("{program} -i {} {}", fat.display(), args.join(" ")),
-            status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        }));
-    }
-    Ok(())
-}
-
-fn run_with_stdin(
-    tool: Tool,
-    mut cmd: std::process::Command,
-    input: &[u8],
-) -> Result<(), MediaError> {
-    let mut child = cmd.spawn().map_err(|source| ToolError::Spawn {
-        tool: tool.name(),
-        source,
-    })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(input);
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| ToolError::Spawn {
-            tool: tool.name(),
-            source,
-        })?;
-    if !out.status.success() {
-        let args: Vec<String> = cmd
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        return Err(ToolError::Failed {
-            command: format!("{} {}", tool.name(), args.join(" ")),
-            status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        }
-        .into());
-    }
+    tool.output(&mut cmd)?;
     Ok(())
 }
 

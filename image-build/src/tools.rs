@@ -1,8 +1,9 @@
 //! The host programs berth-build drives, and the Debian package for each, so
 //! a missing one is reported as something the user can install.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 /// A host tool that is missing or failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,8 +56,10 @@ pub enum Tool {
     Xorriso,
     /// `mkfs.vfat` (the EFI system partition).
     MkfsVfat,
-    /// `mcopy` (files into the EFI system partition; mtools' `mmd` too).
+    /// `mcopy` (files into the EFI system partition).
     Mcopy,
+    /// `mmd` (directories in it).
+    Mmd,
     /// `sfdisk` (the raw disk's GPT).
     Sfdisk,
     /// `qemu-img` (qcow2, vmdk, vdi, vhd).
@@ -76,6 +79,7 @@ impl Tool {
             Tool::Xorriso => "xorriso",
             Tool::MkfsVfat => "mkfs.vfat",
             Tool::Mcopy => "mcopy",
+            Tool::Mmd => "mmd",
             Tool::Sfdisk => "sfdisk",
             Tool::QemuImg => "qemu-img",
         }
@@ -91,7 +95,7 @@ impl Tool {
             Tool::GrubMkrescue | Tool::GrubMkimage => "grub-common",
             Tool::Xorriso => "xorriso",
             Tool::MkfsVfat => "dosfstools",
-            Tool::Mcopy => "mtools",
+            Tool::Mcopy | Tool::Mmd => "mtools",
             Tool::Sfdisk => "fdisk",
             Tool::QemuImg => "qemu-utils",
         }
@@ -118,10 +122,35 @@ impl Tool {
     /// Runs `cmd` (made by [`Tool::command`]) to completion; its stdout on
     /// success, [`ToolError::Failed`] with its stderr otherwise.
     pub fn output(self, cmd: &mut Command) -> Result<Vec<u8>, ToolError> {
-        let out = cmd.output().map_err(|source| ToolError::Spawn {
+        self.output_with_input(cmd, None)
+    }
+
+    /// [`Tool::output`], writing `input` to the program's stdin first.
+    pub fn output_with_input(
+        self,
+        cmd: &mut Command,
+        input: Option<&[u8]>,
+    ) -> Result<Vec<u8>, ToolError> {
+        let spawn_err = |source| ToolError::Spawn {
             tool: self.name(),
             source,
-        })?;
+        };
+        let out = match input {
+            None => cmd.output().map_err(spawn_err)?,
+            Some(bytes) => {
+                let mut child = cmd
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .map_err(spawn_err)?;
+                if let Some(mut stdin) = child.stdin.take() {
+                    // A program that exits early reports why on stderr.
+                    let _ = stdin.write_all(bytes);
+                }
+                child.wait_with_output().map_err(spawn_err)?
+            }
+        };
         if out.status.success() {
             return Ok(out.stdout);
         }
