@@ -48,6 +48,14 @@ fn artifact(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// A medium on virtio-blk.
+fn disk(name: &str, format: &str) -> Result<Media> {
+    Ok(Media::Disk {
+        path: artifact(name)?,
+        format: format.into(),
+    })
+}
+
 /// Boots `media`, waits for GRUB and for ready, checks the manifest and
 /// the network came up, and powers off.
 fn boots(media: Media, firmware: Firmware) -> Result<Guest> {
@@ -94,41 +102,17 @@ fn iso_boots_as_a_usb_stick() -> Result<()> {
 
 #[test]
 fn raw_disk_boots_with_ovmf() -> Result<()> {
-    let path = artifact("berth.img")?;
-    boots(
-        Media::Disk {
-            path,
-            format: "raw".into(),
-        },
-        Firmware::Uefi,
-    )
-    .map(drop)
+    boots(disk("berth.img", "raw")?, Firmware::Uefi).map(drop)
 }
 
 #[test]
 fn raw_disk_boots_with_seabios() -> Result<()> {
-    let path = artifact("berth.img")?;
-    boots(
-        Media::Disk {
-            path,
-            format: "raw".into(),
-        },
-        Firmware::Bios,
-    )
-    .map(drop)
+    boots(disk("berth.img", "raw")?, Firmware::Bios).map(drop)
 }
 
 #[test]
 fn qcow2_boots() -> Result<()> {
-    let path = artifact("berth.qcow2")?;
-    boots(
-        Media::Disk {
-            path,
-            format: "qcow2".into(),
-        },
-        Firmware::Bios,
-    )
-    .map(drop)
+    boots(disk("berth.qcow2", "qcow2")?, Firmware::Bios).map(drop)
 }
 
 /// VirtualBox's defaults: an ICH9 (q35) machine whose CD-ROM hangs off the
