@@ -903,6 +903,9 @@ fn berth_run_flags_reach_the_container() {
             .collect()
     };
     assert_eq!(ifaces(&r.stdout), vec!["lo"], "{}", r.stderr);
+    // Host networking is the host's network namespace itself. Compare the
+    // namespace, not interface lists: other tests add and remove veths while
+    // this one runs.
     let host = d
         .berth(&[
             "run",
@@ -910,15 +913,19 @@ fn berth_run_flags_reach_the_container() {
             "--network",
             "host",
             "busybox",
-            "cat",
-            "/proc/net/dev",
+            "readlink",
+            "/proc/self/ns/net",
         ])
         .ok("run --network host");
-    let mut mine = ifaces(&fs::read_to_string("/proc/net/dev").unwrap());
-    let mut theirs = ifaces(&host.stdout);
-    mine.sort();
-    theirs.sort();
-    assert_eq!(theirs, mine);
+    let mine = fs::read_link("/proc/self/ns/net").unwrap();
+    assert_eq!(host.stdout.trim_end(), mine.to_str().unwrap());
+    let none = run(&["busybox", "readlink", "/proc/self/ns/net"]);
+    assert_ne!(
+        none.stdout.trim_end(),
+        mine.to_str().unwrap(),
+        "{}",
+        none.stderr
+    );
 
     // --rm removes; --name names; without --rm the container stays.
     d.berth(&[
