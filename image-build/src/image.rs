@@ -291,6 +291,7 @@ pub fn build(req: &Request) -> Result<Report, ImageError> {
         kernel: &vmlinuz,
         initrd: &initrd_path,
         cmdline: &req.cmdline,
+        date: u64::from(req.mtime),
     };
     let raw = if req.formats.contains(&Format::Raw) {
         req.out.join(Format::Raw.file_name())

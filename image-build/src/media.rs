@@ -3,8 +3,10 @@
 //! raw disk converted for other hypervisors and clouds (qcow2, vmdk, vdi,
 //! fixed vhd).
 //!
-//! GRUB boots every medium: `grub-mkrescue` lays out the ISO; the raw disk is
-//! assembled here without loop devices or root. Its layout:
+//! GRUB boots every medium. Both are assembled here from GRUB's images
+//! (`grub-mkimage`), without loop devices or root: the ISO is written by
+//! `xorriso`, the raw disk by `sfdisk` and this module. The raw disk's
+//! layout:
 //!
 //! ```text
 //! LBA 0        protective MBR, GRUB's boot.img in the code area
@@ -17,6 +19,17 @@
 //! Both GRUB images carry a tiny config that finds the ESP by its FAT volume
 //! id and reads `/boot/grub/grub.cfg` from it, so the disk boots whatever
 //! the firmware calls it (a USB stick, a second disk, NVMe).
+//!
+//! The ISO carries El Torito entries for BIOS (GRUB's i386-pc-eltorito
+//! image) and UEFI (a small FAT image with `BOOTX64.EFI`), GRUB's hybrid MBR
+//! and a GPT naming that FAT image as an EFI system partition, so the same
+//! file boots from a CD or a USB stick. Its GRUBs find the ISO by a marker
+//! file, `/boot/berth-<id>`.
+//!
+//! Both media are reproducible: every date in them is `SOURCE_DATE_EPOCH`
+//! (1980-01-01 when it is unset or earlier, FAT's first day), and every id
+//! (FAT serials, GPT GUIDs, the marker) is a hash of the kernel, initrd and
+//! command line, so the same inputs give the same bytes.
 
 use std::fmt;
 use std::fs::{self, File};
@@ -45,10 +58,6 @@ const GRUB_MODULES: &[&str] = &[
     "echo",
     "test",
 ];
-/// Modules grub-mkrescue copies onto the ISO (for both platforms).
-const ISO_MODULES: &str =
-    "linux normal iso9660 part_gpt part_msdos fat search search_fs_file serial terminal configfile echo test all_video";
-
 const MIB: u64 = 1024 * 1024;
 const SECTOR: u64 = 512;
 /// Where the BIOS boot partition and the ESP start.
@@ -56,6 +65,11 @@ const BIOS_BOOT_START: u64 = MIB;
 const ESP_START: u64 = 2 * MIB;
 /// Room left after the ESP for the backup GPT.
 const TAIL: u64 = MIB;
+
+/// Mixed into the ISO's ids so they differ from the raw disk's ("ISO").
+const ISO_TAG: u32 = 0x4953_4f00;
+/// FAT cannot date anything before 1980-01-01.
+const FAT_EPOCH: u64 = 315_532_800;
 
 /// Offsets in GRUB's i386-pc boot.img (grub/i386/pc/boot.h).
 const BOOT_KERNEL_SECTOR: usize = 0x5c;
@@ -220,6 +234,17 @@ pub struct Payload<'a> {
     pub initrd: &'a Path,
     /// The kernel command line.
     pub cmdline: &'a str,
+    /// The date every file and filesystem of the medium carries (seconds
+    /// since the epoch; `SOURCE_DATE_EPOCH`).
+    pub date: u64,
+}
+
+impl Payload<'_> {
+    /// The date on the media: [`Payload::date`] moved up to the first one
+    /// FAT can hold.
+    fn media_date(&self) -> u64 {
+        self.date.max(FAT_EPOCH)
+    }
 }
 
 /// Checks, before any slow work, that the tools for `formats` are there.
@@ -242,22 +267,16 @@ pub fn check_tools(formats: &[Format]) -> Result<(), MediaError> {
             }
         }
     }
-    if iso {
-        Tool::GrubMkrescue.find()?;
-        Tool::Xorriso.find()?;
-        Tool::Mcopy.find()?;
-        Tool::Mmd.find()?;
-    }
-    if raw {
-        for t in [
-            Tool::GrubMkimage,
-            Tool::MkfsVfat,
-            Tool::Mcopy,
-            Tool::Mmd,
-            Tool::Sfdisk,
-        ] {
+    if iso || raw {
+        for t in [Tool::GrubMkimage, Tool::MkfsVfat, Tool::Mcopy, Tool::Mmd] {
             t.find()?;
         }
+    }
+    if iso {
+        Tool::Xorriso.find()?;
+    }
+    if raw {
+        Tool::Sfdisk.find()?;
     }
     if formats.iter().any(|f| f.qemu_img().is_some()) {
         Tool::QemuImg.find()?;
@@ -279,24 +298,80 @@ pub fn grub_cfg(cmdline: &str) -> String {
     )
 }
 
-/// Writes the hybrid ISO at `out` with `grub-mkrescue`.
+/// Writes the hybrid ISO at `out`.
 pub fn make_iso(p: &Payload<'_>, out: &Path, scratch: &Path) -> Result<(), MediaError> {
+    let id = volume_id(p)?;
+    let marker = format!("boot/berth-{id:08x}");
+    let early = scratch.join("iso-early.cfg");
+    fs::write(
+        &early,
+        format!("search --no-floppy --file --set=root /{marker}\nset prefix=($root)/boot/grub\n"),
+    )
+    .map_err(io_err("write", &early))?;
+
     let tree = scratch.join("iso");
     let grub = tree.join("boot/grub");
     fs::create_dir_all(&grub).map_err(io_err("create", &grub))?;
     copy(p.kernel, &tree.join("boot/vmlinuz"))?;
     copy(p.initrd, &tree.join("boot/initrd.img"))?;
+    let marker_path = tree.join(&marker);
+    fs::write(&marker_path, b"").map_err(io_err("write", &marker_path))?;
     let cfg = grub.join("grub.cfg");
     fs::write(&cfg, grub_cfg(p.cmdline)).map_err(io_err("write", &cfg))?;
+    let iso_modules = ["iso9660", "search_fs_file"];
+    grub_mkimage(
+        "i386-pc-eltorito",
+        &early,
+        &grub.join("eltorito.img"),
+        &[&iso_modules[..], &["biosdisk"]].concat(),
+    )?;
+    let efi = scratch.join("iso-BOOTX64.EFI");
+    grub_mkimage(
+        "x86_64-efi",
+        &early,
+        &efi,
+        &[&iso_modules[..], &["efi_gop", "all_video"]].concat(),
+    )?;
+    // The UEFI El Torito image, also the GPT's EFI system partition.
+    let efi_img = grub.join("efi.img");
+    let size = round_up(len(&efi)? + 256 * 1024, 64 * 1024);
+    Fat {
+        bytes: size,
+        serial: id ^ ISO_TAG,
+        label: "BERTH-ISO",
+        dirs: &["::/EFI", "::/EFI/BOOT"],
+        files: &[(efi.as_path(), "::/EFI/BOOT/BOOTX64.EFI")],
+    }
+    .write(p, &efi_img, scratch)?;
+
+    let date = iso_date(p.media_date());
     let tmp = tmp_name(out);
-    let mut cmd = Tool::GrubMkrescue.command()?;
-    cmd.arg("-o")
+    let mut cmd = Tool::Xorriso.command()?;
+    cmd.env("SOURCE_DATE_EPOCH", p.media_date().to_string())
+        .args(["-as", "mkisofs", "-quiet", "-r", "-V", "BERTH"])
+        .arg(format!("--modification-date={date}"))
+        .args(["--set_all_file_dates", &date])
+        .args(["--gpt_disk_guid", &guid(id, ISO_TAG)])
+        .args(["-b", "boot/grub/eltorito.img", "-no-emul-boot"])
+        .args([
+            "-boot-load-size",
+            "4",
+            "-boot-info-table",
+            "--grub2-boot-info",
+        ])
+        .arg("--grub2-mbr")
+        .arg(Path::new(GRUB_PC_DIR).join("boot_hybrid.img"))
+        .args([
+            "--efi-boot",
+            "boot/grub/efi.img",
+            "-efi-boot-part",
+            "--efi-boot-image",
+        ])
+        .arg("--protective-msdos-label")
+        .arg("-o")
         .arg(&tmp)
-        .arg(format!("--install-modules={ISO_MODULES}"))
-        .args(["--fonts=", "--locales=", "--themes=", "--compress=xz"])
-        .arg(&tree)
-        .args(["--", "-volid", "BERTH"]);
-    Tool::GrubMkrescue.output(&mut cmd)?;
+        .arg(&tree);
+    Tool::Xorriso.output(&mut cmd)?;
     fs::rename(&tmp, out).map_err(io_err("write", out))
 }
 
@@ -330,29 +405,21 @@ pub fn make_raw(p: &Payload<'_>, out: &Path, scratch: &Path) -> Result<(), Media
     let content = kernel_len + initrd_len + len(&efi)?;
     let esp_bytes = round_up((content + content / 4 + 4 * MIB).max(40 * MIB), MIB);
     let esp = scratch.join("esp.img");
-    let _ = fs::remove_file(&esp);
-    let mut mkfs = Tool::MkfsVfat.command()?;
-    mkfs.args(["-F", "32", "-s", "1", "-n", "BERTH-EFI", "-i"])
-        .arg(format!("{volume_id:08X}"))
-        .arg("-C")
-        .arg(&esp)
-        .arg((esp_bytes / 1024).to_string());
-    Tool::MkfsVfat.output(&mut mkfs)?;
     let cfg = scratch.join("grub.cfg");
     fs::write(&cfg, grub_cfg(p.cmdline)).map_err(io_err("write", &cfg))?;
-    mtools(
-        &esp,
-        Tool::Mmd,
-        &["::/EFI", "::/EFI/BOOT", "::/boot", "::/boot/grub"],
-    )?;
-    for (src, dest) in [
-        (efi.as_path(), "::/EFI/BOOT/BOOTX64.EFI"),
-        (p.kernel, "::/boot/vmlinuz"),
-        (p.initrd, "::/boot/initrd.img"),
-        (cfg.as_path(), "::/boot/grub/grub.cfg"),
-    ] {
-        mtools(&esp, Tool::Mcopy, &[&src.to_string_lossy(), dest])?;
+    Fat {
+        bytes: esp_bytes,
+        serial: volume_id,
+        label: "BERTH-EFI",
+        dirs: &["::/EFI", "::/EFI/BOOT", "::/boot", "::/boot/grub"],
+        files: &[
+            (efi.as_path(), "::/EFI/BOOT/BOOTX64.EFI"),
+            (p.kernel, "::/boot/vmlinuz"),
+            (p.initrd, "::/boot/initrd.img"),
+            (cfg.as_path(), "::/boot/grub/grub.cfg"),
+        ],
     }
+    .write(p, &esp, scratch)?;
 
     // The disk: partitions by sfdisk, then the ESP and GRUB's BIOS parts.
     let tmp = tmp_name(out);
@@ -361,8 +428,7 @@ pub fn make_raw(p: &Payload<'_>, out: &Path, scratch: &Path) -> Result<(), Media
         let f = File::create(&tmp).map_err(io_err("create", &tmp))?;
         f.set_len(total).map_err(io_err("size", &tmp))?;
     }
-    // GUIDs derived from the payload's volume id rather than random ones.
-    let guid = |n: u32| format!("{volume_id:08X}-4245-5254-4800-{n:012X}");
+    let guid = |n: u32| guid(volume_id, n);
     let table = format!(
         "label: gpt\n\
          label-id: {}\n\
@@ -479,16 +545,94 @@ fn grub_mkimage(
     Ok(())
 }
 
+/// A FAT filesystem image to make.
+struct Fat<'a> {
+    /// Its size, a multiple of 1 KiB.
+    bytes: u64,
+    /// Its volume serial (what GRUB calls its UUID).
+    serial: u32,
+    /// Its volume label.
+    label: &'a str,
+    /// Directories to make, `::/DIR`, parents first.
+    dirs: &'a [&'a str],
+    /// Files to copy in: (source, `::/DEST`).
+    files: &'a [(&'a Path, &'a str)],
+}
+
+impl Fat<'_> {
+    /// Writes the image at `path`, every date in it `p`'s.
+    fn write(&self, p: &Payload<'_>, path: &Path, scratch: &Path) -> Result<(), MediaError> {
+        let _ = fs::remove_file(path);
+        let mut mkfs = Tool::MkfsVfat.command()?;
+        // --invariant: the label's directory entry gets a fixed date, not now.
+        mkfs.args(["--invariant", "-n", self.label, "-i"])
+            .arg(format!("{:08X}", self.serial));
+        if self.bytes >= 33 * MIB {
+            // FAT32 with one-sector clusters (at least 65525 of them).
+            mkfs.args(["-F", "32", "-s", "1"]);
+        }
+        mkfs.arg("-C")
+            .arg(path)
+            .arg((self.bytes / 1024).to_string());
+        Tool::MkfsVfat.output(&mut mkfs)?;
+        mtools(p, path, Tool::Mmd, self.dirs)?;
+        // mcopy stamps each file with its source's mtime: copy it to
+        // scratch and date the copy.
+        let stage = scratch.join("fat-stage");
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(p.media_date());
+        for (src, dest) in self.files {
+            copy(src, &stage)?;
+            File::options()
+                .write(true)
+                .open(&stage)
+                .and_then(|f| f.set_modified(when))
+                .map_err(io_err("date", &stage))?;
+            mtools(p, path, Tool::Mcopy, &[&stage.to_string_lossy(), dest])?;
+        }
+        let _ = fs::remove_file(&stage);
+        Ok(())
+    }
+}
+
 /// Runs an mtools program ([`Tool::Mmd`], [`Tool::Mcopy`]) on the FAT
-/// image `fat`.
-fn mtools(fat: &Path, tool: Tool, args: &[&str]) -> Result<(), MediaError> {
+/// image `fat`, in UTC and with `p`'s date for what it makes.
+fn mtools(p: &Payload<'_>, fat: &Path, tool: Tool, args: &[&str]) -> Result<(), MediaError> {
     let mut cmd = tool.command()?;
     cmd.env("MTOOLS_SKIP_CHECK", "1")
+        .env("TZ", "UTC")
+        .env("SOURCE_DATE_EPOCH", p.media_date().to_string())
         .arg("-i")
         .arg(fat)
         .args(args);
     tool.output(&mut cmd)?;
     Ok(())
+}
+
+/// A GUID made from a volume id and a number, instead of a random one.
+fn guid(id: u32, n: u32) -> String {
+    format!("{id:08X}-4245-5254-4800-{n:012X}")
+}
+
+/// `secs` as an ISO 9660 date, `YYYYMMDDhhmmss00` (UTC).
+fn iso_date(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}{:02}{:02}{:02}00",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// The ESP's FAT volume id: a hash of what it boots, so rebuilding the same
@@ -569,6 +713,15 @@ mod tests {
         assert!(cfg.contains("initrd /boot/initrd.img\n"));
         assert!(cfg.contains("terminal_output console serial\n"));
         assert!(cfg.contains("set timeout=0\n"));
+    }
+
+    #[test]
+    fn iso_dates_are_utc_calendar_dates() {
+        assert_eq!(iso_date(0), "1970010100000000");
+        assert_eq!(iso_date(FAT_EPOCH), "1980010100000000");
+        // 2024-02-29 (a leap day) 23:59:59.
+        assert_eq!(iso_date(1_709_251_199), "2024022923595900");
+        assert_eq!(iso_date(1_700_000_000), "2023111422132000");
     }
 
     #[test]

@@ -48,11 +48,9 @@ pub enum Tool {
     Qemu,
     /// `mkfs.ext4` (makes data disks).
     Mkfs,
-    /// `grub-mkrescue` (hybrid ISOs).
-    GrubMkrescue,
-    /// `grub-mkimage` (the raw disk's boot loaders).
+    /// `grub-mkimage` (the boot loaders of the ISO and the raw disk).
     GrubMkimage,
-    /// `xorriso` (grub-mkrescue writes the ISO with it).
+    /// `xorriso` (writes the hybrid ISO).
     Xorriso,
     /// `mkfs.vfat` (the EFI system partition).
     MkfsVfat,
@@ -74,7 +72,6 @@ impl Tool {
             Tool::DpkgDeb => "dpkg-deb",
             Tool::Qemu => "qemu-system-x86_64",
             Tool::Mkfs => "mkfs.ext4",
-            Tool::GrubMkrescue => "grub-mkrescue",
             Tool::GrubMkimage => "grub-mkimage",
             Tool::Xorriso => "xorriso",
             Tool::MkfsVfat => "mkfs.vfat",
@@ -92,7 +89,7 @@ impl Tool {
             Tool::DpkgDeb => "dpkg",
             Tool::Qemu => "qemu-system-x86",
             Tool::Mkfs => "e2fsprogs",
-            Tool::GrubMkrescue | Tool::GrubMkimage => "grub-common",
+            Tool::GrubMkimage => "grub-common",
             Tool::Xorriso => "xorriso",
             Tool::MkfsVfat => "dosfstools",
             Tool::Mcopy | Tool::Mmd => "mtools",

@@ -627,6 +627,7 @@ fn build_writes_each_format_and_names_what_is_missing() {
     assert!(!dir.path().join("notools/initrd.img").exists());
 
     let media = dir.path().join("media");
+    let first_build = std::time::Instant::now();
     let out = build_with(
         None,
         &media,
@@ -716,6 +717,41 @@ fn build_writes_each_format_and_names_what_is_missing() {
         report.contains("BIOS") && report.contains("UEFI"),
         "{report}"
     );
+    // Its dates are SOURCE_DATE_EPOCH (1700000000, as berth_build sets).
+    let pvd = Command::new("xorriso")
+        .args(["-indev"])
+        .arg(media.join("berth.iso"))
+        .arg("-pvd_info")
+        .output()
+        .unwrap();
+    let pvd = String::from_utf8_lossy(&pvd.stdout);
+    assert!(pvd.contains("Modif. Time  : 2023111422132000"), "{pvd}");
+
+    // Reproducible: built again (in a later FAT two-second tick, so any
+    // date taken from the clock would differ) the ISO and the raw disk are
+    // the same bytes.
+    let tick = std::time::Duration::from_secs(2);
+    if let Some(rest) = tick.checked_sub(first_build.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    let again = dir.path().join("again");
+    let out = build_with(
+        None,
+        &again,
+        &bin,
+        &[
+            "--format",
+            "raw,iso",
+            "--cmdline",
+            "console=ttyS0 berth.test=1",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    for file in ["berth.iso", "berth.img"] {
+        let (a, b) = (media.join(file), again.join(file));
+        let same = std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap();
+        assert!(same, "{file} differs between two builds of the same inputs");
+    }
 
     // The converted images pass qemu-img's own checks and keep the size.
     let raw_size = std::fs::metadata(&raw).unwrap().len();

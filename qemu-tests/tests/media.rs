@@ -96,8 +96,15 @@ fn iso_boots_from_a_cdrom_with_ovmf() -> Result<()> {
 
 /// The same ISO file written to a USB stick (isohybrid).
 #[test]
-fn iso_boots_as_a_usb_stick() -> Result<()> {
+fn iso_boots_as_a_usb_stick_with_seabios() -> Result<()> {
     boots(Media::UsbStick(artifact("berth.iso")?), Firmware::Bios).map(drop)
+}
+
+/// UEFI boots a stick from the GPT's EFI system partition (not El Torito,
+/// which is for CDs).
+#[test]
+fn iso_boots_as_a_usb_stick_with_ovmf() -> Result<()> {
+    boots(Media::UsbStick(artifact("berth.iso")?), Firmware::Uefi).map(drop)
 }
 
 #[test]
