@@ -108,8 +108,9 @@ pub fn run() -> Result<()> {
         c
     })
     .context("runc run")?;
-    let docker = match Dockerd::start(&work.join("docker")) {
-        Ok(d) => docker_runs(&d, &archive),
+    let dockerd = Dockerd::start(&work.join("docker"));
+    let docker = match &dockerd {
+        Ok(d) => docker_runs(d, &archive),
         Err(e) => Err(first_line(&format!("{e:#}"))),
     };
 
@@ -181,11 +182,13 @@ pub fn run() -> Result<()> {
     }
     std::thread::sleep(SETTLE);
     let rss_loaded = rss_kib(berthd.pid())?;
-    let monitors: u64 = berthd
-        .monitor_pids()
-        .into_iter()
-        .filter_map(|p| rss_kib(p).ok())
-        .sum();
+    let monitors = Mem::of(&berthd.monitor_pids());
+    // Docker's counterpart of a monitor: containerd's per-container shim.
+    let shims = match (&dockerd, &docker) {
+        (Ok(d), Ok(_)) => docker_shims(d).map_err(|e| first_line(&format!("{e:#}"))),
+        (_, Err(why)) => Err(why.clone()),
+        (Err(e), _) => Err(first_line(&format!("{e:#}"))),
+    };
     println!();
     println!("{:<44} {:>10}", "berthd idle memory", "VmRSS KiB");
     for (name, kib) in [
@@ -197,10 +200,28 @@ pub fn run() -> Result<()> {
             verdict(kib < 10 * 1024)
         );
     }
+    println!();
     println!(
-        "{:<44} {:>10}   (one monitor process per container, not berthd)",
-        "their 20 monitors, together", monitors
+        "{:<44} {:>10} {:>10} {:>10}   (the binary's pages are shared: \
+         VmRSS counts them in each)",
+        format!("per-container supervisors, {RUNNING} together"),
+        "VmRSS KiB",
+        "PSS KiB",
+        "private KiB"
     );
+    let mem_row = |name: &str, m: &Result<Mem, String>| match m {
+        Ok(m) => println!("{name:<44} {:>10} {:>10} {:>10}", m.rss, m.pss, m.private),
+        Err(why) => println!("{name:<44} not available: {why}"),
+    };
+    mem_row("berth monitors", &monitors);
+    mem_row("docker: containerd-shim-runc-v2", &shims);
+    if let (Ok(b), Ok(d)) = (&monitors, &shims) {
+        println!(
+            "{:<44} {:>9.2}x",
+            "shims / monitors (PSS)",
+            d.pss as f64 / b.pss.max(1) as f64
+        );
+    }
     for i in 0..RUNNING {
         let _ = berthd.berth(&["rm", "-f", &format!("idle{i}")]);
     }
@@ -332,6 +353,75 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// Memory of a group of processes, from `/proc/PID/smaps_rollup`, in KiB:
+/// resident (shared pages counted in each), proportional (shared pages
+/// split between their users), and private to the group's processes.
+struct Mem {
+    rss: u64,
+    pss: u64,
+    private: u64,
+}
+
+impl Mem {
+    fn of(pids: &[u32]) -> Result<Mem, String> {
+        if pids.is_empty() {
+            return Err("no processes found".into());
+        }
+        let mut m = Mem {
+            rss: 0,
+            pss: 0,
+            private: 0,
+        };
+        for pid in pids {
+            let path = format!("/proc/{pid}/smaps_rollup");
+            let text = fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+            let field = |name: &str| -> u64 {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            m.rss += field("Rss");
+            m.pss += field("Pss");
+            m.private += field("Private_Clean") + field("Private_Dirty");
+        }
+        Ok(m)
+    }
+}
+
+/// Starts [`RUNNING`] idle containers under `d`, measures the shims
+/// containerd runs for them (the ones whose command line names this
+/// dockerd's directory), and removes the containers.
+fn docker_shims(d: &Dockerd) -> Result<Mem> {
+    let mut ids = Vec::new();
+    let result = (|| {
+        for _ in 0..RUNNING {
+            let id = d.docker(&["run", "-d", "--network", "none", IMAGE, "sleep", "3600"])?;
+            ids.push(id.trim().to_owned());
+        }
+        std::thread::sleep(SETTLE);
+        let dir = d.dir.to_string_lossy().into_owned();
+        let shims: Vec<u32> = fs::read_dir("/proc")?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+                    return false;
+                };
+                let cmdline = String::from_utf8_lossy(&cmdline);
+                cmdline.contains("containerd-shim") && cmdline.contains(&dir)
+            })
+            .collect();
+        Mem::of(&shims).map_err(anyhow::Error::msg)
+    })();
+    if !ids.is_empty() {
+        let mut rm = vec!["rm", "-f"];
+        rm.extend(ids.iter().map(String::as_str));
+        let _ = d.docker(&rm);
+    }
+    result
 }
 
 /// An OCI bundle of the archive's rootfs (`umoci unpack`) that runs
