@@ -74,14 +74,61 @@ fn boots(media: Media, firmware: Firmware) -> Result<Guest> {
     );
     guest.expect_console_anywhere(r"hostname set to berth-media$", READY)?;
     guest.expect_console_anywhere(r"berth-netd: eth0: DHCP lease 10\.0\.2\.15/24 ", READY)?;
-    if firmware == Firmware::Uefi {
+    match firmware {
         // OVMF's boot manager names what it loads on the serial console.
-        guest.expect_console_anywhere(r"BdsDxe: (loading|starting) Boot", READY)?;
+        Firmware::Uefi => {
+            guest.expect_console_anywhere(r"BdsDxe: (loading|starting) Boot", READY)?;
+        }
+        // The screen (the default command line's tty0) shows it too: the
+        // kernel's VGA text console, whose buffer is read out of the
+        // guest's memory. UEFI's screen is a framebuffer, not text.
+        Firmware::Bios => {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let mut screen = vga_text(&mut guest)?;
+            while !screen.contains("berth: ready") && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(200));
+                screen = vga_text(&mut guest)?;
+            }
+            ensure!(
+                screen.contains("berth: ready"),
+                "the screen does not show `berth: ready`:\n{}",
+                screen.trim_end()
+            );
+        }
     }
     guest.power_button()?;
     let status = guest.wait_exit(Duration::from_secs(30))?;
     ensure!(status.success(), "QEMU exited with {status}");
     Ok(guest)
+}
+
+/// The VGA text buffer (0xB8000, 32 KiB: the kernel's console scrolls
+/// within it), its characters as lines of 80.
+fn vga_text(guest: &mut Guest) -> Result<String> {
+    let dump = guest.scratch_dir().join("vga.bin");
+    guest.qmp(
+        "pmemsave",
+        Some(&serde_json::json!({
+            "val": 0xB8000,
+            "size": 0x8000,
+            "filename": dump.to_string_lossy(),
+        })),
+    )?;
+    let cells = std::fs::read(&dump).with_context(|| format!("cannot read {}", dump.display()))?;
+    // Each cell is a character and its colours.
+    let chars: Vec<u8> = cells
+        .chunks(2)
+        .map(|c| match c[0] {
+            0x20..=0x7e => c[0],
+            _ => b' ',
+        })
+        .collect();
+    Ok(chars
+        .chunks(80)
+        .map(|row| String::from_utf8_lossy(row).trim_end().to_owned())
+        .filter(|row| !row.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n"))
 }
 
 #[test]
