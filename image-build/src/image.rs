@@ -287,12 +287,7 @@ pub fn build(req: &Request) -> Result<Report, ImageError> {
             kernel_dir.join("cmdline"),
         ]);
     }
-    let payload = media::Payload {
-        kernel: &vmlinuz,
-        initrd: &initrd_path,
-        cmdline: &req.cmdline,
-        date: u64::from(req.mtime),
-    };
+    let payload = media::Payload::new(&vmlinuz, &initrd_path, &req.cmdline, u64::from(req.mtime));
     let raw = if req.formats.contains(&Format::Raw) {
         req.out.join(Format::Raw.file_name())
     } else {

@@ -237,9 +237,32 @@ pub struct Payload<'a> {
     /// The date every file and filesystem of the medium carries (seconds
     /// since the epoch; `SOURCE_DATE_EPOCH`).
     pub date: u64,
+    /// [`volume_id`], read once for all the media made from it.
+    id: std::cell::OnceCell<u32>,
 }
 
-impl Payload<'_> {
+impl<'a> Payload<'a> {
+    /// The payload of a kernel, an initrd and a command line.
+    pub fn new(kernel: &'a Path, initrd: &'a Path, cmdline: &'a str, date: u64) -> Self {
+        Payload {
+            kernel,
+            initrd,
+            cmdline,
+            date,
+            id: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// Its id: a hash of what it boots (FAT serials, GPT GUIDs and the
+    /// ISO's marker are made from it).
+    fn id(&self) -> Result<u32, MediaError> {
+        if let Some(id) = self.id.get() {
+            return Ok(*id);
+        }
+        let id = volume_id(self)?;
+        Ok(*self.id.get_or_init(|| id))
+    }
+
     /// The date on the media: [`Payload::date`] moved up to the first one
     /// FAT can hold.
     fn media_date(&self) -> u64 {
@@ -300,7 +323,7 @@ pub fn grub_cfg(cmdline: &str) -> String {
 
 /// Writes the hybrid ISO at `out`.
 pub fn make_iso(p: &Payload<'_>, out: &Path, scratch: &Path) -> Result<(), MediaError> {
-    let id = volume_id(p)?;
+    let id = p.id()?;
     let marker = format!("boot/berth-{id:08x}");
     let early = scratch.join("iso-early.cfg");
     fs::write(
@@ -379,7 +402,7 @@ pub fn make_iso(p: &Payload<'_>, out: &Path, scratch: &Path) -> Result<(), Media
 pub fn make_raw(p: &Payload<'_>, out: &Path, scratch: &Path) -> Result<(), MediaError> {
     let kernel_len = len(p.kernel)?;
     let initrd_len = len(p.initrd)?;
-    let volume_id = volume_id(p)?;
+    let volume_id = p.id()?;
     let early = scratch.join("early.cfg");
     fs::write(
         &early,
