@@ -89,6 +89,10 @@ fn no_such_exec(id: &str) -> ApiError {
 /// `POST /exec/{id}/start`: runs it and streams its output (hijacked when
 /// the client asks, with stdin copied to the process).
 pub(super) async fn start(api: &Api, id: &str, mut req: Request<Incoming>) -> Reply {
+    // The body is read first, as Docker does: a client still writing it
+    // must not find the connection closed under an early "no such exec".
+    let upgrade = super::take_upgrade(&mut req);
+    let body: ExecStartRequest = json_body(req).await?;
     let (container_id, spec, want_out, want_err, progress) = {
         let execs = lock(api);
         let e = execs.get(id).ok_or_else(|| no_such_exec(id))?;
@@ -107,8 +111,6 @@ pub(super) async fn start(api: &Api, id: &str, mut req: Request<Incoming>) -> Re
             e.progress.clone(),
         )
     };
-    let upgrade = super::take_upgrade(&mut req);
-    let body: ExecStartRequest = json_body(req).await?;
     let m = api.manager().clone();
     let mut handle = blocking(move || Ok(m.exec(&container_id, spec)?)).await?;
     {
