@@ -1,8 +1,9 @@
 //! Self-tests of the harness against a hand-made initramfs whose /init is a
 //! busybox script that prints berth-like lines, so the harness (console
 //! expectations, QMP, exits, kill on drop) is checked independently of
-//! berth-init. Needs a kernel: `$BERTH_TEST_KERNEL`, else the extracted
-//! Debian kernel at /tmp/kdeb/x/boot/vmlinuz-6.1.0-56-amd64.
+//! berth-init. Needs a kernel: `$BERTH_TEST_KERNEL`, else the Debian
+//! kernel the other tests use (`$BERTH_KERNEL_DIR`, else the newest in
+//! berth-build's cache, which `make test` fills first).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -22,10 +23,13 @@ echo "berth: ready uptime_ms=2 workloads=0"
 while true; do /bin/busybox sleep 1; done
 "#;
 
+#[path = "../../image-build/src/testkernel.rs"]
+mod testkernel;
+
 fn kernel() -> Result<PathBuf> {
     let path = std::env::var_os("BERTH_TEST_KERNEL")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp/kdeb/x/boot/vmlinuz-6.1.0-56-amd64"));
+        .unwrap_or_else(testkernel::vmlinuz);
     ensure!(
         path.is_file(),
         "no kernel at {}: set BERTH_TEST_KERNEL to a bzImage",
