@@ -174,7 +174,9 @@ impl Cgroup {
         for dir in missing {
             match fs::create_dir(dir) {
                 Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::AlreadyExists && dir == path => {}
+                // Another container starting at the same time may have
+                // made a shared parent (berth/) first.
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(io_err("create", dir)(e)),
             }
             if dir == path {
