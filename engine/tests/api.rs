@@ -201,8 +201,9 @@ impl Run {
 struct Daemon {
     dir: tempfile::TempDir,
     child: Option<Child>,
-    /// How berthd's network is set up: `--no-bridge`, or a bridge's flags.
-    network_args: Vec<String>,
+    /// berthd's flags besides --root and --socket: how its network is set
+    /// up (`--no-bridge`, or a bridge's flags), where its images are, ...
+    args: Vec<String>,
 }
 
 impl Daemon {
@@ -216,16 +217,52 @@ impl Daemon {
         Daemon::start_with(&["--bridge-name", name, "--bridge-subnet", subnet])
     }
 
-    fn start_with(network_args: &[&str]) -> Daemon {
+    fn start_with(args: &[&str]) -> Daemon {
+        Daemon::start_in(Daemon::dir(), args)
+    }
+
+    fn dir() -> tempfile::TempDir {
         let dir = tempfile::Builder::new()
             .prefix("berth-api-")
             .tempdir_in("/tmp")
             .unwrap();
         fs::create_dir_all(dir.path().join("no-images")).unwrap();
+        dir
+    }
+
+    /// A berthd that runs `manifest`'s workloads (busybox baked in, as the
+    /// appliance has it) and copies their output to its log.
+    fn with_workloads(manifest: &str) -> Daemon {
+        let dir = Daemon::dir();
+        let baked = dir.path().join("images");
+        fs::create_dir(&baked).unwrap();
+        fs::copy(&images().docker_archive, baked.join("busybox.tar")).unwrap();
+        let config = dir.path().join("berth.toml");
+        fs::write(&config, manifest).unwrap();
+        let (baked, config) = (baked.display().to_string(), config.display().to_string());
+        Daemon::start_in(
+            dir,
+            &[
+                "--no-bridge",
+                "--console-logs",
+                "--config",
+                &config,
+                "--images-dir",
+                &baked,
+            ],
+        )
+    }
+
+    fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Daemon {
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if !args.iter().any(|a| a == "--images-dir") {
+            args.push("--images-dir".into());
+            args.push(dir.path().join("no-images").display().to_string());
+        }
         let mut d = Daemon {
             dir,
             child: None,
-            network_args: network_args.iter().map(|a| a.to_string()).collect(),
+            args,
         };
         d.spawn();
         d
@@ -256,9 +293,7 @@ impl Daemon {
             .arg(self.root())
             .arg("--socket")
             .arg(self.socket())
-            .arg("--images-dir")
-            .arg(self.dir.path().join("no-images"))
-            .args(&self.network_args)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -1864,4 +1899,43 @@ fn bridge_containers_reach_each_other_and_publish_ports() {
         http_get(published, "/").map_or(true, |b| b.is_empty()),
         "port {port} still answers"
     );
+}
+
+/// A workload that says a lot when stopped: berthd, told to stop, stops
+/// it and must not exit before its console copy has every line.
+#[test]
+fn a_stopped_workloads_last_lines_reach_the_console() {
+    const LINES: usize = 300;
+    let manifest = format!(
+        r#"
+[workloads.talker]
+image = "busybox:latest"
+network = "none"
+command = ["sh", "-c", "trap 'i=0; while [ $i -lt {LINES} ]; do echo bye $i; i=$((i+1)); done; exit 0' TERM; echo ready; while :; do sleep 1 & wait; done"]
+"#
+    );
+    let mut d = Daemon::with_workloads(&manifest);
+    wait_for("the workload's first line on the console", TIMEOUT, || {
+        d.log().contains("talker | ready").then_some(())
+    });
+    let mut berthd = d.child.take().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(berthd.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = wait_for("berthd to exit", Duration::from_secs(30), || {
+        berthd.try_wait().unwrap()
+    });
+    assert!(status.success(), "{status}: {}", d.log());
+    let log = d.log();
+    let said: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("talker | bye "))
+        .collect();
+    let want: Vec<String> = (0..LINES).map(|i| i.to_string()).collect();
+    assert_eq!(said, want, "{log}");
+    let last = log.find(&format!("talker | bye {}", LINES - 1)).unwrap();
+    let stopped = log.find("berthd: stopped");
+    assert!(stopped.is_some_and(|s| last < s), "{log}");
 }

@@ -201,6 +201,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         let m = manager.clone();
         let _ = tokio::task::spawn_blocking(move || {
             stop_workloads(&m, &workloads, &order);
+            // What the stopped workloads said last reaches the console.
+            if !m.drain_console(std::time::Duration::from_secs(2)) {
+                log::warn!("the console may miss the last lines of stopped containers");
+            }
             // New layers' files on disk: nothing to rebuild at the next start.
             m.images().flush();
         })

@@ -493,6 +493,13 @@ impl Manager {
         Ok(Arc::new(Manager { inner }))
     }
 
+    /// Waits (up to `timeout`) until the console mirror (`console_logs`)
+    /// has copied the last lines of every run that has ended; mirrors of
+    /// running containers are not waited for. Whether it got them all.
+    pub fn drain_console(&self, timeout: std::time::Duration) -> bool {
+        self.inner.drain_console(timeout)
+    }
+
     /// The image store (`root/images`).
     pub fn images(&self) -> &ImageStore {
         &self.inner.images

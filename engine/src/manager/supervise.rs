@@ -57,8 +57,14 @@ pub(super) struct Inner {
     pub(super) images: ImageStore,
     bridge: Result<Bridge, String>,
     table: Mutex<Table>,
+    /// Console mirrors still copying a run's log, by container and run
+    /// (see `drain_console`).
+    mirrors: Arc<(Mutex<Vec<MirrorOf>>, Condvar)>,
     me: Weak<Inner>,
 }
+
+/// A console mirror's container and run (its `starts`).
+type MirrorOf = (Arc<Ctr>, u64);
 
 #[derive(Default)]
 struct Table {
@@ -172,6 +178,7 @@ impl Inner {
             images,
             bridge,
             table: Mutex::new(Table::default()),
+            mirrors: Arc::default(),
             me: me.clone(),
         });
         inner.adopt_all(&containers)?;
@@ -718,8 +725,32 @@ impl Inner {
         if let Some(sink) = &self.opts.console_logs {
             let sink = sink.clone();
             let ctr = ctr.clone();
-            std::thread::spawn(move || mirror(&ctr, sink, starts, since));
+            let mirrors = self.mirrors.clone();
+            lock(&mirrors.0).push((ctr.clone(), starts));
+            std::thread::spawn(move || {
+                mirror(&ctr, sink, starts, since);
+                lock(&mirrors.0).retain(|(c, s)| !(Arc::ptr_eq(c, &ctr) && *s == starts));
+                mirrors.1.notify_all();
+            });
         }
+    }
+
+    /// Waits (up to `timeout`) for the console mirrors of runs that have
+    /// ended to copy their last lines, so that a daemon about to exit does
+    /// not cut off what its stopped containers said last. Mirrors of runs
+    /// still going are not waited for. Returns whether all of them ended.
+    pub(super) fn drain_console(&self, timeout: Duration) -> bool {
+        let ended = |m: &mut Vec<MirrorOf>| {
+            m.iter().any(|(c, starts)| {
+                let live = lock(&c.live);
+                !(live.starts == *starts && Ctr::running(&live))
+            })
+        };
+        let (mirrors, cv) = &*self.mirrors;
+        let (mut m, _) = cv
+            .wait_timeout_while(lock(mirrors), timeout, ended)
+            .unwrap_or_else(|p| p.into_inner());
+        !ended(&mut m)
     }
 
     /// Waits for the run's monitor to exit, then records the exit.
