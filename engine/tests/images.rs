@@ -483,6 +483,45 @@ fn layers_an_unclean_shutdown_left_unsynced_are_rebuilt_from_their_blobs() {
     assert_eq!(store.resolve("busybox").unwrap().layers, image.layers);
 }
 
+#[test]
+fn layers_a_killed_daemon_left_unsynced_are_synced_not_rebuilt() {
+    let f = fixtures();
+    let (dir, store) = store();
+    let root = dir.path().join("store");
+    store.import(&f.docker_archive, None).unwrap();
+    let image = store.resolve("busybox").unwrap();
+    store.flush();
+    let layer = image.layers.last().unwrap().clone();
+    let blob = Digest::from_oci(image.manifest.layers().last().unwrap().digest()).unwrap();
+    let diff_hex = image.diff_ids.last().unwrap().hex().to_string();
+    drop(store);
+
+    // What a SIGKILL'd berthd leaves: the marker of a layer unpacked during
+    // this boot. A container may have the layer mounted: its files must
+    // stay where they are (a rebuild would replace the directory).
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let marker = root
+        .join("unsynced")
+        .join(format!("{diff_hex}.{}.1-0", blob.hex()));
+    fs::write(&marker, boot.trim()).unwrap();
+    let sentinel = layer.join("berth-test-sentinel");
+    fs::write(&sentinel, "kept").unwrap();
+    let inode = fs::metadata(&layer).unwrap().ino();
+
+    let store = ImageStore::open(&root).unwrap();
+    assert_eq!(
+        fs::metadata(&layer).unwrap().ino(),
+        inode,
+        "the layer was replaced"
+    );
+    assert!(sentinel.is_file(), "the layer was rebuilt");
+    assert!(
+        !marker.exists(),
+        "the layer was synced and its marker removed"
+    );
+    assert_eq!(store.resolve("busybox").unwrap().layers, image.layers);
+}
+
 /// Copies an archive, flipping one byte in the data of the entry `member`.
 fn corrupt(src: &Path, dst: &Path, member: impl Fn(&str) -> bool) -> String {
     let mut bytes = fs::read(src).unwrap();

@@ -299,6 +299,12 @@ impl ImageStore {
         };
         for l in &leftovers {
             let dir = self.layer_path(&l.diff_id);
+            if l.this_boot && dir.exists() {
+                // Only berthd died: the files are whole, and a container
+                // restarted berthd re-adopts may have them mounted.
+                self.unsynced.resync(l);
+                continue;
+            }
             if dir.exists() {
                 fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
             }

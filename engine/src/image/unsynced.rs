@@ -10,6 +10,13 @@
 //! [`Unsynced::leftovers`] lists them and the store re-unpacks each.
 //!
 //! The cost moves from every load to the rare unclean shutdown.
+//!
+//! Each marker holds the kernel's boot id. A marker of the running boot
+//! means only the process died (berthd killed): its layer's files are
+//! whole in the page cache, and possibly under a running container's
+//! overlay, so the layer is synced, never rebuilt. Only a marker of an
+//! earlier boot (or one whose content did not survive the crash) means the
+//! files may be lost.
 
 use std::fs::{self, File};
 use std::io;
@@ -28,6 +35,8 @@ static NEXT_MARKER: AtomicU64 = AtomicU64::new(0);
 pub(crate) struct Unsynced {
     dir: PathBuf,
     layers_dir: PathBuf,
+    /// This boot's id (`/proc/sys/kernel/random/boot_id`), if known.
+    boot: Option<String>,
     /// Markers made since the last sync started.
     pending: Mutex<Vec<PathBuf>>,
     syncs: Mutex<Vec<JoinHandle<()>>>,
@@ -38,6 +47,9 @@ pub(crate) struct Unsynced {
 pub(crate) struct Leftover {
     pub diff_id: Digest,
     pub blob: Digest,
+    /// Made during this boot: the files were complete when the process
+    /// that unpacked them died, only maybe not yet on disk.
+    pub this_boot: bool,
     marker: PathBuf,
 }
 
@@ -49,6 +61,10 @@ impl Unsynced {
         Ok(Self {
             dir: dir.to_owned(),
             layers_dir: layers_dir.to_owned(),
+            boot: fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|b| b.trim().to_owned())
+                .filter(|b| !b.is_empty()),
             pending: Mutex::new(Vec::new()),
             syncs: Mutex::new(Vec::new()),
         })
@@ -70,7 +86,10 @@ impl Unsynced {
     /// Call before the layer directory gets its final name.
     pub fn mark(&self, diff_id: &Digest, blob: &Digest) -> Result<Marker, BlobError> {
         let path = self.marker(diff_id, blob);
-        File::create(&path).map_err(store::io_err("create", &path))?;
+        // The content needs no fsync: lost in a crash, it reads as another
+        // boot's, which is what a crash is.
+        fs::write(&path, self.boot.as_deref().unwrap_or_default())
+            .map_err(store::io_err("create", &path))?;
         store::sync_dir(&self.dir)?;
         Ok(Marker(path))
     }
@@ -126,10 +145,14 @@ impl Unsynced {
             let parsed = name.to_str().and_then(|n| {
                 let mut parts = n.split('.');
                 let (d, b) = (parts.next()?, parts.next()?);
+                let this_boot = self.boot.as_ref().is_some_and(|boot| {
+                    fs::read_to_string(entry.path()).is_ok_and(|m| m.trim() == boot)
+                });
                 Some(Leftover {
                     marker: entry.path(),
                     diff_id: Digest::from_hex(d).ok()?,
                     blob: Digest::from_hex(b).ok()?,
+                    this_boot,
                 })
             });
             match parsed {
@@ -158,6 +181,12 @@ impl Unsynced {
                 }
             }
         }
+    }
+
+    /// A leftover whose layer is whole (`this_boot`): its marker goes at
+    /// the next sync, as a fresh commit's does.
+    pub fn resync(&self, l: &Leftover) {
+        lock(&self.pending).push(l.marker.clone());
     }
 
     /// Removes a leftover's marker once its layer was rebuilt (and synced)
