@@ -194,6 +194,21 @@ pub fn rotated(path: &Path, n: u32) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The file written after the one with inode `inode`, which rotation moved
+/// from `path` to `path.k`: `path.(k-1)`, or `path` itself for k = 1. When
+/// it was rotated out altogether, the oldest kept file (all are newer).
+fn successor(path: &Path, inode: u64) -> PathBuf {
+    let mut oldest = None;
+    for n in 1.. {
+        match fs::metadata(rotated(path, n)) {
+            Ok(m) if m.ino() == inode => return rotated(path, n - 1),
+            Ok(_) => oldest = Some(n),
+            Err(_) => break,
+        }
+    }
+    oldest.map_or_else(|| path.to_owned(), |n| rotated(path, n))
+}
+
 /// Appends entries to a log file, rotating it at `max_size`.
 #[derive(Debug)]
 pub struct LogWriter {
@@ -444,10 +459,12 @@ impl LogStream {
                 }
                 continue;
             }
-            // At the end of what we have: rotated away?
+            // At the end of what we have: rotated away? Then on to the
+            // file that came after it, which is not always the current one
+            // (a slow reader can be several rotations behind).
             match fs::metadata(&f.path) {
                 Ok(m) if m.ino() != f.inode => {
-                    if let Ok(file) = File::open(&f.path) {
+                    if let Ok(file) = File::open(successor(&f.path, f.inode)) {
                         f.inode = file.metadata()?.ino();
                         f.file = file;
                         f.partial.clear();
@@ -584,6 +601,55 @@ mod tests {
         .map(|e| e.unwrap().bytes)
         .collect();
         assert_eq!(tail, vec![b"line 18\n".to_vec(), b"line 19\n".to_vec()]);
+    }
+
+    #[test]
+    fn a_follower_several_rotations_behind_reads_every_file() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c-json.log");
+        let mut w = LogWriter::open(&path, 300, 4).unwrap();
+        let mut write = |range: std::ops::Range<usize>| {
+            for i in range {
+                w.write(&LogEntry {
+                    stream: Stream::Stdout,
+                    time: SystemTime::now(),
+                    bytes: format!("line {i}\n").into_bytes(),
+                })
+                .unwrap();
+            }
+        };
+        write(0..3);
+        let running = Arc::new(AtomicBool::new(true));
+        let still = running.clone();
+        let opts = LogOptions {
+            follow: true,
+            ..LogOptions::default()
+        };
+        let mut stream = LogStream::open(
+            &path,
+            4,
+            opts,
+            Box::new(move |wait| {
+                if still.load(Ordering::SeqCst) {
+                    std::thread::sleep(wait.min(Duration::from_millis(5)));
+                }
+                still.load(Ordering::SeqCst)
+            }),
+        )
+        .unwrap();
+        let text = |e: Option<io::Result<LogEntry>>| String::from_utf8(e.unwrap().unwrap().bytes);
+        let first: Vec<String> = (0..3).map(|_| text(stream.next()).unwrap()).collect();
+        assert_eq!(first, ["line 0\n", "line 1\n", "line 2\n"]);
+        // The reader sleeps while three rotations pass: its file is now .3.
+        write(3..12);
+        assert!(rotated(&path, 3).exists(), "want three rotations");
+        running.store(false, Ordering::SeqCst);
+        let rest: Vec<String> = stream
+            .map(|e| String::from_utf8(e.unwrap().bytes).unwrap())
+            .collect();
+        let want: Vec<String> = (3..12).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(rest, want);
     }
 
     #[test]
