@@ -197,16 +197,36 @@ pub fn rotated(path: &Path, n: u32) -> PathBuf {
 /// The file written after the one with inode `inode`, which rotation moved
 /// from `path` to `path.k`: `path.(k-1)`, or `path` itself for k = 1. When
 /// it was rotated out altogether, the oldest kept file (all are newer).
-fn successor(path: &Path, inode: u64) -> PathBuf {
+/// Inode 0 is a reader that started before the log existed: `path`.
+fn successor(path: &Path, inode: u64, max_files: u32) -> PathBuf {
+    if inode == 0 {
+        return path.to_owned();
+    }
     let mut oldest = None;
-    for n in 1.. {
+    // Every kept file is looked at: a rotation in progress leaves a gap.
+    for n in 1..max_files.max(1) {
         match fs::metadata(rotated(path, n)) {
             Ok(m) if m.ino() == inode => return rotated(path, n - 1),
             Ok(_) => oldest = Some(n),
-            Err(_) => break,
+            Err(_) => {}
         }
     }
     oldest.map_or_else(|| path.to_owned(), |n| rotated(path, n))
+}
+
+/// Opens [`successor`], checking that no rotation moved it while it was
+/// opened (else it tries again, a few times). `None`: not now.
+fn open_successor(path: &Path, inode: u64, max_files: u32) -> io::Result<Option<(File, u64)>> {
+    for _ in 0..3 {
+        let Ok(file) = File::open(successor(path, inode, max_files)) else {
+            continue;
+        };
+        let opened = file.metadata()?.ino();
+        if fs::metadata(successor(path, inode, max_files)).is_ok_and(|m| m.ino() == opened) {
+            return Ok(Some((file, opened)));
+        }
+    }
+    Ok(None)
 }
 
 /// Appends entries to a log file, rotating it at `max_size`.
@@ -337,8 +357,12 @@ impl std::fmt::Debug for LogStream {
 
 struct Follow {
     path: PathBuf,
+    /// How many files rotation keeps (`path` and `path.1` .. `path.N-1`).
+    max_files: u32,
     file: File,
     inode: u64,
+    /// The file was seen rotated away; one more read before leaving it.
+    rotated: bool,
     partial: Vec<u8>,
     still_running: StillRunning,
     /// One last read after the container stopped.
@@ -403,8 +427,10 @@ impl LogStream {
             };
             Some(Follow {
                 path: path.to_path_buf(),
+                max_files,
                 file,
                 inode,
+                rotated: false,
                 partial,
                 still_running,
                 draining: false,
@@ -459,19 +485,23 @@ impl LogStream {
                 }
                 continue;
             }
-            // At the end of what we have: rotated away? Then on to the
-            // file that came after it, which is not always the current one
-            // (a slow reader can be several rotations behind).
-            match fs::metadata(&f.path) {
-                Ok(m) if m.ino() != f.inode => {
-                    if let Ok(file) = File::open(successor(&f.path, f.inode)) {
-                        f.inode = file.metadata()?.ino();
-                        f.file = file;
-                        f.partial.clear();
-                        continue;
-                    }
+            // At the end of what we have: rotated away? The writer may have
+            // added lines between our last read and its rotation, so the
+            // old file, final now, is read once more. Then on to the file
+            // written after it, which is not always the current one (a slow
+            // reader can be several rotations behind).
+            if fs::metadata(&f.path).is_ok_and(|m| m.ino() != f.inode) {
+                if !f.rotated {
+                    f.rotated = true;
+                    continue;
                 }
-                _ => {}
+                if let Some((file, inode)) = open_successor(&f.path, f.inode, f.max_files)? {
+                    f.inode = inode;
+                    f.file = file;
+                    f.partial.clear();
+                    f.rotated = false;
+                    continue;
+                }
             }
             if f.draining {
                 self.follow = None;

@@ -727,8 +727,9 @@ impl Inner {
             let ctr = ctr.clone();
             let mirrors = self.mirrors.clone();
             lock(&mirrors.0).push((ctr.clone(), starts));
+            let files = self.opts.log_max_files;
             std::thread::spawn(move || {
-                mirror(&ctr, sink, starts, since);
+                mirror(&ctr, sink, files, starts, since);
                 lock(&mirrors.0).retain(|(c, s)| !(Arc::ptr_eq(c, &ctr) && *s == starts));
                 mirrors.1.notify_all();
             });
@@ -1563,7 +1564,13 @@ fn info(ctr: &Ctr) -> ContainerInfo {
 }
 
 /// Copies a run's log lines to the console sink, prefixed by the name.
-fn mirror(ctr: &Arc<Ctr>, sink: super::ConsoleSink, starts: u64, since: Option<SystemTime>) {
+fn mirror(
+    ctr: &Arc<Ctr>,
+    sink: super::ConsoleSink,
+    max_files: u32,
+    starts: u64,
+    since: Option<SystemTime>,
+) {
     let watched = ctr.clone();
     let still = Box::new(move |wait| {
         watched.wait_while(wait, |live| live.starts == starts && Ctr::running(live))
@@ -1574,7 +1581,7 @@ fn mirror(ctr: &Arc<Ctr>, sink: super::ConsoleSink, starts: u64, since: Option<S
         since,
         ..LogOptions::default()
     };
-    let Ok(stream) = LogStream::open(&ctr.log_path(), 1, opts, still) else {
+    let Ok(stream) = LogStream::open(&ctr.log_path(), max_files, opts, still) else {
         return;
     };
     for entry in stream.flatten() {
