@@ -73,9 +73,14 @@ impl Unsynced {
     /// A fresh marker name: a background sync that started before this
     /// commit never removes it, even for a layer removed and imported again.
     fn marker(&self, diff_id: &Digest, blob: &Digest) -> PathBuf {
+        // pid and count, and the clock: a later berthd with the same pid
+        // must not reuse a leftover's name.
         let n = NEXT_MARKER.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         self.dir.join(format!(
-            "{}.{}.{}-{n}",
+            "{}.{}.{}-{n}-{nanos}",
             diff_id.hex(),
             blob.hex(),
             std::process::id()
