@@ -432,12 +432,14 @@ fn records_survive_reopening() {
 /// makes the next open rebuild the layer from its blob.
 #[test]
 fn layers_an_unclean_shutdown_left_unsynced_are_rebuilt_from_their_blobs() {
-    let f = fixtures();
-    let (dir, store) = store();
-    let root = dir.path().join("store");
-    store.import(&f.docker_archive, None).unwrap();
-    let image = store.resolve("busybox").unwrap();
-    store.flush();
+    let Synced {
+        dir: _dir,
+        root,
+        image,
+        layer,
+        blob,
+        diff_hex,
+    } = synced_busybox();
     let markers = |root: &Path| -> Vec<String> {
         fs::read_dir(root.join("unsynced"))
             .unwrap()
@@ -449,12 +451,8 @@ fn layers_an_unclean_shutdown_left_unsynced_are_rebuilt_from_their_blobs() {
         Vec::<String>::new(),
         "flush leaves no marker"
     );
-    let layer = image.layers.last().unwrap().clone();
     let before = image_fixtures::walk(&layer);
     assert!(!before.is_empty());
-    let blob = Digest::from_oci(image.manifest.layers().last().unwrap().digest()).unwrap();
-    let diff_hex = image.diff_ids.last().unwrap().hex().to_string();
-    drop(store);
 
     // The crash: the layer's last files never reached the disk, and its
     // marker (diff_id.blob) is still there.
@@ -485,16 +483,14 @@ fn layers_an_unclean_shutdown_left_unsynced_are_rebuilt_from_their_blobs() {
 
 #[test]
 fn layers_a_killed_daemon_left_unsynced_are_synced_not_rebuilt() {
-    let f = fixtures();
-    let (dir, store) = store();
-    let root = dir.path().join("store");
-    store.import(&f.docker_archive, None).unwrap();
-    let image = store.resolve("busybox").unwrap();
-    store.flush();
-    let layer = image.layers.last().unwrap().clone();
-    let blob = Digest::from_oci(image.manifest.layers().last().unwrap().digest()).unwrap();
-    let diff_hex = image.diff_ids.last().unwrap().hex().to_string();
-    drop(store);
+    let Synced {
+        dir: _dir,
+        root,
+        image,
+        layer,
+        blob,
+        diff_hex,
+    } = synced_busybox();
 
     // What a SIGKILL'd berthd leaves: the marker of a layer unpacked during
     // this boot. A container may have the layer mounted: its files must
@@ -520,6 +516,37 @@ fn layers_a_killed_daemon_left_unsynced_are_synced_not_rebuilt() {
         "the layer was synced and its marker removed"
     );
     assert_eq!(store.resolve("busybox").unwrap().layers, image.layers);
+}
+
+/// A store holding busybox, flushed (no marker left) and closed, and its
+/// top layer: where the unsynced-layer tests start.
+struct Synced {
+    dir: tempfile::TempDir,
+    root: PathBuf,
+    image: engine::image::Image,
+    layer: PathBuf,
+    blob: Digest,
+    diff_hex: String,
+}
+
+fn synced_busybox() -> Synced {
+    let f = fixtures();
+    let (dir, store) = store();
+    let root = dir.path().join("store");
+    store.import(&f.docker_archive, None).unwrap();
+    let image = store.resolve("busybox").unwrap();
+    store.flush();
+    let layer = image.layers.last().unwrap().clone();
+    let blob = Digest::from_oci(image.manifest.layers().last().unwrap().digest()).unwrap();
+    let diff_hex = image.diff_ids.last().unwrap().hex().to_string();
+    Synced {
+        dir,
+        root,
+        image,
+        layer,
+        blob,
+        diff_hex,
+    }
 }
 
 /// Copies an archive, flipping one byte in the data of the entry `member`.
